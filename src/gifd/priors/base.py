@@ -1,0 +1,145 @@
+"""The interface every generative prior implements: a generator cut into stages.
+
+GIFD starts the generator from any intermediate layer. Stage 0 holds the latent variables (z, or
+w+ and noise maps); stage i >= 1 holds the output of module i (plus, for StyleGAN2, the w+ and the
+noise maps still used after it). Attacks depend only on this interface, so a new generator is one
+class and no attack changes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from gifd.errors import GifdError
+
+#: The optimisable variables of one stage, by name (e.g. {"z": ...} or {"h": ..., "w": ...}).
+#: Every tensor has the batch as its first dimension.
+Variables = dict[str, Tensor]
+#: Fixed inputs that are not optimised (e.g. the class embedding of a conditional prior).
+Context = dict[str, Tensor]
+
+
+class StagedGenerator(nn.Module, ABC):
+    """A pretrained generator G = g_L o ... o g_1 that can be run from any stage.
+
+    Subclasses set `resolution` (output side in pixels), `latent_dim`, `num_classes` (None for an
+    unconditional prior) and `sphere_latent` (whether the stage-0 latent is kept on the sphere of
+    its starting norm, as GIFD does for BigGAN's z). Images are returned in [-1, 1].
+    """
+
+    resolution: int
+    latent_dim: int
+    num_classes: int | None = None
+    sphere_latent: bool = False
+
+    @property
+    @abstractmethod
+    def num_stages(self) -> int:
+        """Number of stages: 0 is the latent, 1..num_stages-1 the outputs of the modules."""
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Human-readable name of each stage (for reports)."""
+        return ["latent"] + [f"module {i}" for i in range(1, self.num_stages)]
+
+    @abstractmethod
+    def init_latent(
+        self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Variables:
+        """The stage-0 variables for `n` samples, drawn from the prior's own distribution.
+
+        `generator` is a CPU torch.Generator (draws are made on the CPU and moved to the prior's
+        device, so a seed gives the same latent on every device).
+        """
+
+    def context(self, labels: Tensor | None, n: int) -> Context:
+        """Fixed per-sample inputs: for a conditional prior the class conditioning of `labels`."""
+        if self.num_classes is not None and labels is None:
+            raise GifdError(f"{type(self).__name__} is class-conditional: labels are required")
+        return {}
+
+    @abstractmethod
+    def forward(self, stage: int, variables: Variables, context: Context) -> Tensor:  # type: ignore[override]
+        """The image in [-1, 1], shape (N, 3, resolution, resolution), from `stage`'s variables."""
+
+    @abstractmethod
+    def advance(self, stage: int, variables: Variables, context: Context) -> Variables:
+        """The variables of stage + 1 computed from those of `stage` (no gradient)."""
+
+    @abstractmethod
+    def default_radii(self) -> list[float]:
+        """Default l1-ball radius per stage (applied per sample to every variable of the stage).
+
+        Entries for stages whose variables are not projected (a sphere-constrained z) are ignored.
+        """
+
+    def stage_shapes(self, stage: int) -> dict[str, tuple[int, ...]]:
+        """Per-sample shapes of the variables of `stage` (computed by a dry run, batch 1)."""
+        gen = torch.Generator().manual_seed(0)
+        labels = torch.zeros(1, dtype=torch.long) if self.num_classes is not None else None
+        with torch.no_grad():
+            ctx = self.context(labels, 1)
+            variables = self.init_latent(1, labels, gen)
+            for s in range(stage):
+                variables = self.advance(s, variables, ctx)
+        return {k: tuple(v.shape[1:]) for k, v in variables.items()}
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def check_stage(self, stage: int) -> None:
+        """Raise a GifdError if `stage` is not one of this prior's stages."""
+        if not 0 <= stage < self.num_stages:
+            raise GifdError(
+                f"stage {stage} does not exist: {type(self).__name__} has stages 0..{self.num_stages - 1}"
+            )
+
+
+@dataclass(frozen=True)
+class PriorEntry:
+    """A named prior in the registry: how to build it and where its weights come from."""
+
+    name: str
+    description: str
+    #: Where the weights come from, in words (shown by `gifd priors`).
+    weights_source: str
+    #: Build the prior from a weights path (None: the default location, if the prior has one).
+    build: Callable[[Path | None], StagedGenerator]
+    #: The default weights location, or None when the user must give a path.
+    default_weights: Callable[[], Path | None] = lambda: None
+
+
+PRIORS: dict[str, PriorEntry] = {}
+
+
+def register_prior(entry: PriorEntry) -> PriorEntry:
+    """Add `entry` to the prior registry (once per name)."""
+    if entry.name in PRIORS:
+        raise ValueError(f"prior {entry.name!r} is registered twice")
+    PRIORS[entry.name] = entry
+    return entry
+
+
+def create_prior(
+    name: str, weights: str | Path | None = None, device: torch.device | str | None = None
+) -> StagedGenerator:
+    """Build the registered prior `name` from `weights` (or its default location), in eval mode,
+    without gradients on its parameters, on `device`."""
+    if name not in PRIORS:
+        raise GifdError(f"unknown prior {name!r}. Known priors: {', '.join(sorted(PRIORS))} (see `gifd priors`).")
+    prior = PRIORS[name].build(Path(weights) if weights is not None else None)
+    prior.eval().requires_grad_(False)
+    if device is not None:
+        prior.to(device)
+    return prior
