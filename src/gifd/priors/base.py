@@ -72,6 +72,10 @@ class StagedGenerator(nn.Module, ABC):
     def advance(self, stage: int, variables: Variables, context: Context) -> Variables:
         """The variables of stage + 1 computed from those of `stage` (no gradient)."""
 
+    def trainable(self, stage: int) -> list[str]:
+        """Names of the stage's variables that attacks optimise (and project); the rest stay fixed."""
+        return list(self.stage_shapes(stage))
+
     @abstractmethod
     def default_radii(self) -> list[float]:
         """Default l1-ball radius per stage (applied per sample to every variable of the stage).
@@ -137,7 +141,9 @@ def create_prior(
     """Build the registered prior `name` from `weights` (or its default location), in eval mode,
     without gradients on its parameters, on `device`."""
     if name not in PRIORS:
-        raise GifdError(f"unknown prior {name!r}. Known priors: {', '.join(sorted(PRIORS))} (see `gifd priors`).")
+        raise GifdError(
+            f"unknown prior {name!r}. Known priors: {', '.join(sorted(PRIORS))} (see `gifd priors`)."
+        )
     prior = PRIORS[name].build(Path(weights) if weights is not None else None)
     prior.eval().requires_grad_(False)
     if device is not None:

@@ -1,0 +1,100 @@
+"""`gifd attack`: attack the update of a private batch with one or more methods."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gifd.attacks import ATTACKS, LABEL_RULES
+from gifd.config import read_yaml
+from gifd.data import builtin_sources
+from gifd.experiment import ExperimentConfig, experiment_config, run_experiment
+from gifd.victims import NORMALIZATIONS, victim_names
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "attack",
+        help="reconstruct a private batch from its update and score the reconstruction",
+        description="Compute a client's update of a private batch, attack it, write results.json and PNGs.",
+    )
+    add_experiment_arguments(parser)
+    parser.add_argument("--out", default="runs/attack", help="output directory (default: runs/attack)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags for every key of ExperimentConfig; None means 'not given' (the file or default wins)."""
+    add = parser.add_argument
+    add("--config", help="YAML file of settings; flags override its keys")
+    add("--victim", help=f"victim model: {', '.join(victim_names())} (default convnet)")
+    add("--resolution", type=int, help="image side in pixels (default 32)")
+    add("--num-classes", type=int, help="victim class count (default: the image source's, else 10)")
+    add("--victim-weights", help="state-dict file of a trained victim (default: seeded random init)")
+    add("--normalization", help=f"victim input normalisation: {', '.join(NORMALIZATIONS)} (default imagenet)")
+    add("--images", help=f"builtin:NAME ({', '.join(builtin_sources())}), a folder, or comma-separated files")
+    add("--indices", type=_ints, help="which images of the source, e.g. 0,1,2,3 (default 0)")
+    add("--batch-size", type=int, help="images per client update (default 1)")
+    add("--labels", type=_ints, help="private labels, one per image (default: the source's own)")
+    add("--attack", dest="attacks", type=_names, help=f"comma-separated: {', '.join(ATTACKS.names())}")
+    add("--steps", type=int, help="total step budget per restart of every attack")
+    add("--restarts", type=int, help="restarts per attack")
+    add("--label-inference", help=f"label inference rule: {', '.join(LABEL_RULES)} (default unique)")
+    add(
+        "--disclose-labels",
+        action="store_const",
+        const=True,
+        help="threat model: the client sends its labels",
+    )
+    add("--seed", type=int, help="seed of everything random (default 0)")
+    add("--device", help="cpu, cuda, cuda:N or auto (default auto: CUDA if available)")
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """The config file's keys, overridden by every flag that was given."""
+    values: dict[str, Any] = read_yaml(args.config) if args.config else {}
+    source = args.config or "command line"
+    for key in ExperimentConfig.model_fields:
+        given = getattr(args, key, None)
+        if given is not None:
+            values[key] = given
+    return experiment_config(values, source)
+
+
+def run(args: argparse.Namespace) -> None:
+    config = config_from_args(args)
+    results = run_experiment(config, args.out, progress=not args.quiet)
+    print(format_table(results))
+    print(f"results written to {args.out}/results.json")
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A plain-text table of each attack's mean metrics."""
+    columns = ["psnr", "ssim", "lpips_st", "mse", "seconds"]
+    rows = [["attack", *columns]]
+    for name, summary in results["attacks"].items():
+        rows.append([name] + [_fmt(summary.get(c)) for c in columns])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.append(
+        f"label accuracy {results['label_accuracy']:.2f} (inferred {results['inferred_labels']}, true {results['true_labels']})"
+    )
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

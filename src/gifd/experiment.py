@@ -1,0 +1,266 @@
+"""One attack experiment, end to end: client -> update -> attacks -> evaluation -> results.
+
+The three parties stay apart: the client computes the update from the private batch; each attack
+gets only a `Target` (victim, update, inferred labels); only the evaluation sees the private images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+import gifd
+from gifd.attacks import ATTACKS, LABEL_RULES, AttackResult, Target, infer_labels
+from gifd.attacks.labels import LabelRule
+from gifd.client import Update, compute_update
+from gifd.config import build_config
+from gifd.data import ImageSet, load_images
+from gifd.device import resolve_device, seed_everything
+from gifd.errors import GifdError
+from gifd.imageio import save_grid, save_image
+from gifd.metrics import evaluate, label_accuracy
+from gifd.victims import Victim, create_victim
+
+
+class ExperimentConfig(BaseModel):
+    """Everything that defines a run; saved in full in results.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    victim: str = "convnet"
+    resolution: int = 32
+    #: Class count of the victim (default: the image source's, or 10 when it has none).
+    num_classes: int | None = None
+    victim_weights: str | None = None
+    normalization: str = "imagenet"
+    images: str = "builtin:cifar10"
+    indices: list[int] = Field(default_factory=lambda: [0])
+    batch_size: int = 1
+    #: Private labels (default: the source's own labels, else distinct labels drawn from the seed).
+    labels: list[int] | None = None
+    attacks: list[str] = Field(default_factory=lambda: ["ig"])
+    #: Total step budget per restart for every attack (None: each attack's own default).
+    steps: int | None = None
+    restarts: int | None = None
+    #: Per-attack settings, e.g. {"ig": {"tv": 1e-3}}; override the shared steps/restarts.
+    attack_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    label_inference: LabelRule = "unique"
+    #: Threat model: does the client disclose its labels with the update?
+    disclose_labels: bool = False
+    seed: int = 0
+    device: str = "auto"
+
+
+def run_experiment(
+    config: ExperimentConfig, out: str | Path | None = None, *, progress: bool = True
+) -> dict[str, Any]:
+    """Run `config`; return the results dict, and with `out` write results.json and PNGs there.
+
+    The output directory appears complete or not at all: everything is written to a temporary
+    directory beside it and renamed into place at the end.
+    """
+    device = resolve_device(config.device)
+    generator = seed_everything(config.seed)
+    _check_attacks(config)
+    private = load_images(config.images, config.resolution, config.indices)
+    num_classes = config.num_classes or private.num_classes or 10
+    labels = _private_labels(config, private, num_classes, generator)
+    victim = create_victim(
+        config.victim,
+        resolution=config.resolution,
+        num_classes=num_classes,
+        seed=config.seed,
+        normalization=config.normalization,
+        weights=config.victim_weights,
+        device=device,
+    )
+    if len(private) % config.batch_size:
+        raise GifdError(
+            f"{len(private)} images do not split into batches of {config.batch_size}: "
+            "pass a number of --indices that is a multiple of --batch-size"
+        )
+    batches, reconstructions = [], {name: [] for name in config.attacks}
+    for start in range(0, len(private), config.batch_size):
+        images = private.images[start : start + config.batch_size]
+        batch_labels = labels[start : start + config.batch_size]
+        update = compute_update(
+            victim, images.to(device), batch_labels, disclose_labels=config.disclose_labels
+        )
+        batches.append(
+            _attack_batch(config, victim, update, images, batch_labels, generator, progress, reconstructions)
+        )
+    results = {
+        "config": config.model_dump(mode="json"),
+        "seed": config.seed,
+        "versions": versions(),
+        "device": str(device),
+        "images": {"source": private.source, "names": private.names},
+        "true_labels": labels.tolist(),
+        "inferred_labels": [label for b in batches for label in b["inferred_labels"]],
+        "label_accuracy": float(np.mean([b["label_accuracy"] for b in batches])),
+        "batches": batches,
+        "attacks": {name: _aggregate(name, batches) for name in config.attacks},
+    }
+    if out is not None:
+        write_run(Path(out), results, private.images, {k: torch.cat(v) for k, v in reconstructions.items()})
+    return results
+
+
+def _check_attacks(config: ExperimentConfig) -> None:
+    if not config.attacks:
+        raise GifdError("no attack given: pass --attack with one or more of " + ", ".join(ATTACKS.names()))
+    for name in [*config.attacks, *config.attack_settings]:
+        ATTACKS.get(name)
+    if config.label_inference not in LABEL_RULES:
+        raise GifdError(
+            f"unknown label inference {config.label_inference!r}: use one of {', '.join(LABEL_RULES)}"
+        )
+    if config.batch_size < 1:
+        raise GifdError(f"batch size must be at least 1, got {config.batch_size}")
+
+
+def _private_labels(
+    config: ExperimentConfig, private: ImageSet, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
+    """The client's labels: given, the source's own, or distinct ones drawn from the seed."""
+    if config.labels is not None:
+        if len(config.labels) != len(private):
+            raise GifdError(
+                f"{len(config.labels)} labels given for {len(private)} images: give one per image"
+            )
+        labels = torch.tensor(config.labels, dtype=torch.long)
+    elif private.labels is not None:
+        labels = private.labels.clone()
+    else:
+        draws = [
+            torch.randperm(num_classes, generator=generator)[: config.batch_size]
+            for _ in range(0, len(private), config.batch_size)
+        ]
+        labels = torch.cat(draws)[: len(private)]
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise GifdError(
+            f"labels {labels.tolist()} do not fit a victim with {num_classes} classes: "
+            f"raise --num-classes to at least {int(labels.max()) + 1} or pass --labels"
+        )
+    return labels
+
+
+def _attack_batch(
+    config: ExperimentConfig,
+    victim: Victim,
+    update: Update,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    progress: bool,
+    reconstructions: dict[str, list[torch.Tensor]],
+) -> dict[str, Any]:
+    """Infer labels, run every attack on one update, and score each against the private batch."""
+    if update.labels is not None:
+        inferred = update.labels.sort().values
+    else:
+        inferred = infer_labels(update, victim, config.label_inference, generator=generator)
+    target = Target(victim=victim, update=update, labels=inferred)
+    batch: dict[str, Any] = {
+        "true_labels": labels.tolist(),
+        "inferred_labels": inferred.tolist(),
+        "label_accuracy": label_accuracy(inferred, labels),
+        "attacks": {},
+    }
+    truth = images.to(victim.device)
+    for name in config.attacks:
+        attack = ATTACKS.get(name)(_attack_settings(config, name), progress=progress)
+        result: AttackResult = attack.run(target, generator)
+        evaluation = evaluate(
+            result.images.to(victim.device), truth, features=lambda x: victim.model(victim.normalize(x))
+        )
+        reconstructions[name].append(result.images[evaluation.order].cpu())
+        batch["attacks"][name] = {**result.summary(), "metrics": evaluation.to_dict()}
+    return batch
+
+
+def _attack_settings(config: ExperimentConfig, name: str) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if config.steps is not None:
+        settings["steps"] = config.steps
+    if config.restarts is not None:
+        settings["restarts"] = config.restarts
+    settings.update(config.attack_settings.get(name, {}))
+    return settings
+
+
+def _aggregate(name: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-image metric values of one attack over all batches, their means, time and steps."""
+    per_image: dict[str, list[float | None]] = {}
+    for batch in batches:
+        for metric, values in batch["attacks"][name]["metrics"]["per_image"].items():
+            per_image.setdefault(metric, []).extend(values)
+    means = {m: _mean(v) for m, v in per_image.items()}
+    runs = [b["attacks"][name] for b in batches]
+    return {
+        **means,
+        "per_image": per_image,
+        "seconds": round(sum(r["seconds"] for r in runs), 3),
+        "steps": runs[0]["steps"],
+        "gradient_loss": [r["gradient_loss"] for r in runs],
+    }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None]
+    if len(finite) < len(values):  # an infinite PSNR (exact reconstruction) is reported as None
+        return None
+    return float(np.mean(finite))
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a run."""
+    return {
+        "gifd": gifd.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def write_run(
+    out: Path, results: dict[str, Any], originals: torch.Tensor, reconstructions: dict[str, torch.Tensor]
+) -> None:
+    """Write results.json and image grids into `out`, all or nothing."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        nrow = min(8, originals.shape[0])
+        save_grid(originals, staging / "originals.png", nrow=nrow)
+        for name, images in reconstructions.items():
+            save_grid(images, staging / f"{name}.png", nrow=nrow)
+            for i, image in enumerate(images):
+                (staging / "images").mkdir(exist_ok=True)
+                save_image(image, staging / "images" / f"{name}_{i:03d}.png")
+        for i, image in enumerate(originals):
+            (staging / "images").mkdir(exist_ok=True)
+            save_image(image, staging / "images" / f"original_{i:03d}.png")
+        (staging / "results.json").write_text(json.dumps(results, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def experiment_config(values: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a dict of settings into an ExperimentConfig (one-line errors)."""
+    return build_config(ExperimentConfig, values, source)
