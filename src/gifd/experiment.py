@@ -29,6 +29,7 @@ from gifd.device import resolve_device, seed_everything
 from gifd.errors import GifdError
 from gifd.imageio import save_grid, save_image
 from gifd.metrics import evaluate, label_accuracy
+from gifd.priors import StagedGenerator, create_prior
 from gifd.victims import Victim, create_victim
 
 
@@ -49,6 +50,9 @@ class ExperimentConfig(BaseModel):
     #: Private labels (default: the source's own labels, else distinct labels drawn from the seed).
     labels: list[int] | None = None
     attacks: list[str] = Field(default_factory=lambda: ["ig"])
+    #: Generative prior of the GAN-based attacks (see `gifd priors`) and its weights path.
+    prior: str = "digiface-dcgan64"
+    prior_weights: str | None = None
     #: Total step budget per restart for every attack (None: each attack's own default).
     steps: int | None = None
     restarts: int | None = None
@@ -72,6 +76,8 @@ def run_experiment(
     device = resolve_device(config.device)
     generator = seed_everything(config.seed)
     _check_attacks(config)
+    if out is not None:
+        check_output_dir(Path(out))
     private = load_images(config.images, config.resolution, config.indices)
     num_classes = config.num_classes or private.num_classes or 10
     labels = _private_labels(config, private, num_classes, generator)
@@ -84,11 +90,19 @@ def run_experiment(
         weights=config.victim_weights,
         device=device,
     )
+    if config.label_inference != "count" and config.batch_size > num_classes and not config.disclose_labels:
+        raise GifdError(
+            f"batch size {config.batch_size} exceeds the victim's {num_classes} classes, so its labels cannot "
+            f"all differ as label inference {config.label_inference!r} assumes: pass --label-inference count"
+        )
     if len(private) % config.batch_size:
         raise GifdError(
             f"{len(private)} images do not split into batches of {config.batch_size}: "
             "pass a number of --indices that is a multiple of --batch-size"
         )
+    prior = None
+    if any(getattr(ATTACKS.get(name), "needs_prior", False) for name in config.attacks):
+        prior = create_prior(config.prior, config.prior_weights, device)
     batches, reconstructions = [], {name: [] for name in config.attacks}
     for start in range(0, len(private), config.batch_size):
         images = private.images[start : start + config.batch_size]
@@ -97,10 +111,10 @@ def run_experiment(
             victim, images.to(device), batch_labels, disclose_labels=config.disclose_labels
         )
         batches.append(
-            _attack_batch(config, victim, update, images, batch_labels, generator, progress, reconstructions)
+            _attack_batch(config, victim, prior, update, images, batch_labels, generator, progress, reconstructions)
         )
     results = {
-        "config": config.model_dump(mode="json"),
+        "config": config.model_copy(update={"num_classes": num_classes}).model_dump(mode="json"),
         "seed": config.seed,
         "versions": versions(),
         "device": str(device),
@@ -158,6 +172,7 @@ def _private_labels(
 def _attack_batch(
     config: ExperimentConfig,
     victim: Victim,
+    prior: StagedGenerator | None,
     update: Update,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -179,7 +194,9 @@ def _attack_batch(
     }
     truth = images.to(victim.device)
     for name in config.attacks:
-        attack = ATTACKS.get(name)(_attack_settings(config, name), progress=progress)
+        cls = ATTACKS.get(name)
+        extra = {"prior": prior} if getattr(cls, "needs_prior", False) else {}
+        attack = cls(_attack_settings(config, name), progress=progress, **extra)
         result: AttackResult = attack.run(target, generator)
         evaluation = evaluate(
             result.images.to(victim.device), truth, features=lambda x: victim.model(victim.normalize(x))
@@ -234,31 +251,62 @@ def versions() -> dict[str, str]:
     }
 
 
+def check_output_dir(out: Path) -> None:
+    """Refuse an output path that is a file, or an existing directory that is not a gifd run.
+
+    Checked before any work, so a run never ends by failing to write, and never replaces a
+    directory that holds anything else.
+    """
+    if out.exists() and not out.is_dir():
+        raise GifdError(f"--out {out} is a file: pass a directory path")
+    if out.is_dir() and any(out.iterdir()) and not (out / "results.json").is_file():
+        raise GifdError(f"--out {out} exists and is not a gifd run: pass a new or empty directory")
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise GifdError(f"--out {out} cannot be created (no writable directory above it): pass another path")
+
+
 def write_run(
     out: Path, results: dict[str, Any], originals: torch.Tensor, reconstructions: dict[str, torch.Tensor]
 ) -> None:
-    """Write results.json and image grids into `out`, all or nothing."""
+    """Write results.json and image grids into `out`, all or nothing.
+
+    Everything goes into a staging directory beside `out`, which then replaces `out` (an earlier
+    run there is moved aside first and deleted last, so there is always one complete run).
+    """
     out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    check_output_dir(out)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as exc:
+        raise GifdError(f"cannot write to --out {out}: {exc.strerror}") from exc
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    try:
+        (staging / "images").mkdir()
         nrow = min(8, originals.shape[0])
         save_grid(originals, staging / "originals.png", nrow=nrow)
+        for i, image in enumerate(originals):
+            save_image(image, staging / "images" / f"original_{i:03d}.png")
         for name, images in reconstructions.items():
             save_grid(images, staging / f"{name}.png", nrow=nrow)
             for i, image in enumerate(images):
-                (staging / "images").mkdir(exist_ok=True)
                 save_image(image, staging / "images" / f"{name}_{i:03d}.png")
-        for i, image in enumerate(originals):
-            (staging / "images").mkdir(exist_ok=True)
-            save_image(image, staging / "images" / f"original_{i:03d}.png")
         (staging / "results.json").write_text(json.dumps(results, indent=2))
         if out.exists():
-            shutil.rmtree(out)
+            os.replace(out, old)
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)
         raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def experiment_config(values: dict[str, Any], source: str = "config") -> ExperimentConfig:

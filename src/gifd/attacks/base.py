@@ -192,15 +192,16 @@ def clamp_bounds(victim: Victim, device: torch.device) -> tuple[Tensor, Tensor]:
 
 
 def to_victim_images(images: Tensor, resolution: int) -> Tensor:
-    """Generator output in [-1, 1] -> [0, 1] at the victim's resolution (area pooling to shrink)."""
+    """Generator output in [-1, 1] -> [0, 1] at the victim's resolution.
+
+    Shrinking uses area (average) pooling, as the paper does; enlarging uses bilinear interpolation.
+    """
     images = (images + 1) / 2
-    if images.shape[-1] != resolution:
-        images = F.interpolate(
-            images,
-            size=(resolution, resolution),
-            mode="area" if images.shape[-1] > resolution else "bilinear",
-            align_corners=None if images.shape[-1] > resolution else False,
-        )
+    side = images.shape[-1]
+    if side > resolution:
+        return F.interpolate(images, size=(resolution, resolution), mode="area")
+    if side < resolution:
+        return F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
     return images
 
 

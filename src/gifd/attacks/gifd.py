@@ -1,0 +1,319 @@
+"""GIFD (Fang et al., ICCV 2023): generative gradient inversion with feature-domain optimisation.
+
+Stage 0 searches the prior's latent space; stage i >= 1 takes the output h_i of generator module
+i computed from the previous stage's best variables and optimises it directly (the modules after
+it fixed), kept inside an l1 ball of radius r_i around where the stage started. Each stage has a
+fresh Adam (lr 0.1) with a warm-up / flat / cosine schedule. Every stage keeps its best restart's
+images by the gradient-matching loss alone; the answer is the best over all stages run so far, so
+a later stage that overfits cannot make the result worse.
+
+Differences from the official code, on purpose (see ../shared/paper.md, known defects):
+- each stage returns the best restart's own image (not the last restart's with the best score);
+- the sphere constraint on z is per sample (not over the whole batch);
+- restarts are independent chains (each continues from its own best variables of the previous
+  stage, and owns its noise maps), so they can be compared and pruned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from gifd.attacks.base import (
+    Attack,
+    AttackConfig,
+    AttackResult,
+    GradientMatcher,
+    LossLog,
+    StageResult,
+    Stopwatch,
+    Target,
+    progress_bar,
+    register_attack,
+    to_victim_images,
+)
+from gifd.attacks.objectives import image_norm, total_variation
+from gifd.attacks.projection import project_l1_ball
+from gifd.errors import GifdError
+from gifd.priors.base import Context, StagedGenerator, Variables
+
+
+class GenerativeConfig(AttackConfig):
+    """Settings of an attack that searches a generative prior."""
+
+    #: Regularisers on the victim-resolution images in [0, 1] (paper: TV 1e-4, norm 1e-6).
+    tv: float = 1e-4
+    norm: float = 1e-6
+
+
+class GIFDConfig(GenerativeConfig):
+    """GIFD's settings. `steps` is the total budget per restart, split evenly over the stages run
+    (the first stages get the remainder) unless `stage_steps` gives each stage its own."""
+
+    steps: int = 13000
+    #: First and last stage to run (inclusive); None = the prior's last stage.
+    stage_start: int = 0
+    stage_end: int | None = None
+    stage_steps: list[int] | None = None
+    #: l1 radius per stage (None = the prior's defaults); `ball: false` disables the projection.
+    radii: list[float] | None = None
+    ball: bool = True
+    #: Schedule: linear warm-up over this fraction of a stage's steps, flat until `flat`, then cosine to 0.
+    warmup: float = Field(0.05, ge=0, le=1)
+    flat: float = Field(0.25, ge=0, le=1)
+
+
+class NoBallConfig(GIFDConfig):
+    ball: bool = False
+
+
+def lr_factor(step: int, total: int, warmup: float, flat: float) -> float:
+    """GIFD's schedule at `step` of `total`: linear warm-up, flat, cosine decay to 0."""
+    warm, flat_end = warmup * total, max(flat * total, warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    if step < flat_end or total <= flat_end:
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * (step - flat_end) / (total - flat_end)))
+
+
+class GenerativeAttack(Attack):
+    """An attack that needs a generative prior (passed as `prior=`)."""
+
+    needs_prior = True
+
+    def __init__(self, config=None, *, prior: StagedGenerator | None = None, progress: bool = True):  # type: ignore[no-untyped-def]
+        super().__init__(config, progress=progress)
+        if prior is None:
+            raise GifdError(f"{self.name} needs a generative prior: pass --prior (see `gifd priors`)")
+        self.prior = prior
+
+    def prior_context(self, target: Target, copies: int) -> Context:
+        """The prior's fixed inputs for `copies` stacked copies of the batch (restarts)."""
+        labels = target.labels.to(self.prior.device).repeat(copies)
+        if self.prior.num_classes is not None and int(labels.max()) >= self.prior.num_classes:
+            raise GifdError(
+                f"inferred labels {target.labels.tolist()} exceed the prior's {self.prior.num_classes} classes: "
+                "use a victim whose classes are the prior's, or an unconditional prior"
+            )
+        return self.prior.context(labels if self.prior.num_classes is not None else None, labels.numel())
+
+    def victim_inputs(self, images: Tensor, target: Target) -> Tensor:
+        """Generator output in [-1, 1] -> the victim's normalised input."""
+        victim = target.victim
+        return victim.normalize(to_victim_images(images, victim.resolution))
+
+
+@dataclass
+class _StageRun:
+    """Each restart's best variables of a stage, their losses and generator images."""
+
+    best_variables: Variables
+    best_losses: Tensor  # (R,)
+    best_images: Tensor  # (R*N, 3, H, W) generator output of the best variables
+
+    def keep(self, losses: Tensor, variables: Variables, images: Tensor, n: int) -> None:
+        """Replace the restarts whose `losses` improve on their best (on device, no host sync)."""
+        improved = losses < self.best_losses
+        self.best_losses = torch.where(improved, losses, self.best_losses)
+        per_sample = improved.repeat_interleave(n)
+        for k, best in self.best_variables.items():
+            mask = per_sample.view(-1, *[1] * (best.ndim - 1))
+            self.best_variables[k] = torch.where(mask, variables[k].detach(), best)
+        if self.best_images.numel() == 0:
+            self.best_images = images
+        else:
+            self.best_images = torch.where(per_sample.view(-1, 1, 1, 1), images, self.best_images)
+
+
+@register_attack
+class GIFD(GenerativeAttack):
+    """GIFD: latent search, then successive feature-domain stages in l1 balls."""
+
+    name = "gifd"
+    Config = GIFDConfig
+    config: GIFDConfig
+
+    def stages(self) -> list[int]:
+        cfg, last = self.config, self.prior.num_stages - 1
+        end = last if cfg.stage_end is None else cfg.stage_end
+        if not 0 <= cfg.stage_start <= end <= last:
+            raise GifdError(
+                f"{self.name}: stages {cfg.stage_start}..{end} are not within the prior's stages 0..{last}"
+            )
+        return list(range(cfg.stage_start, end + 1))
+
+    def stage_budget(self, stages: list[int]) -> list[int]:
+        cfg = self.config
+        if cfg.stage_steps is not None:
+            if len(cfg.stage_steps) != len(stages):
+                raise GifdError(f"{self.name}: {len(cfg.stage_steps)} stage_steps for {len(stages)} stages")
+            return list(cfg.stage_steps)
+        base, extra = divmod(cfg.steps, len(stages))
+        return [base + (1 if i < extra else 0) for i in range(len(stages))]
+
+    def radii(self) -> list[float]:
+        radii = self.config.radii if self.config.radii is not None else self.prior.default_radii()
+        if len(radii) < self.prior.num_stages:
+            raise GifdError(f"{self.name}: {len(radii)} radii for a prior with {self.prior.num_stages} stages")
+        return list(radii)
+
+    def run(self, target: Target, generator: torch.Generator) -> AttackResult:
+        cfg, prior = self.config, self.prior
+        clock = Stopwatch(target.device)
+        stages, radii = self.stages(), self.radii()
+        budget = self.stage_budget(stages)
+        restarts, n = cfg.restarts, target.batch_size
+        context = self.prior_context(target, restarts)
+        labels = target.labels.to(prior.device).repeat(restarts)
+        variables = prior.init_latent(restarts * n, labels if prior.num_classes is not None else None, generator)
+        with torch.no_grad():
+            for stage in range(stages[0]):
+                variables = prior.advance(stage, variables, context)
+        matcher = GradientMatcher(target, cfg.distance, cfg.layer_weights)
+        log, results = LossLog(restarts), []
+        best_overall: StageResult | None = None
+        offset = 0
+        with progress_bar(sum(budget), self.name, self.progress) as advance:
+            for stage, steps in zip(stages, budget, strict=True):
+                run = self._run_stage(stage, steps, variables, context, target, matcher, radii[stage], log, offset, advance)
+                offset += steps
+                best = int(run.best_losses.argmin())
+                images = to_victim_images(run.best_images.view(restarts, n, *run.best_images.shape[1:])[best], target.victim.resolution)
+                stage_result = StageResult(
+                    stage=stage,
+                    name=prior.stage_names[stage],
+                    images=images.clamp(0, 1).detach().cpu(),
+                    loss=float(run.best_losses[best]),
+                    restart_losses=[float(v) for v in run.best_losses],
+                )
+                results.append(stage_result)
+                if best_overall is None or stage_result.loss < best_overall.loss:
+                    best_overall = stage_result
+                if stage != stages[-1]:
+                    with torch.no_grad():
+                        variables = prior.advance(stage, run.best_variables, context)
+        assert best_overall is not None
+        return AttackResult(
+            attack=self.name,
+            images=best_overall.images,
+            labels=target.labels.detach().cpu(),
+            restart_losses=results[results.index(best_overall)].restart_losses,
+            best_restart=min(range(restarts), key=best_overall.restart_losses.__getitem__),
+            loss_history=log.losses,
+            log_steps=log.steps,
+            steps=sum(budget),
+            seconds=clock.elapsed(),
+            stages=results,
+        )
+
+    def _run_stage(
+        self,
+        stage: int,
+        steps: int,
+        start: Variables,
+        context: Context,
+        target: Target,
+        matcher: GradientMatcher,
+        radius: float,
+        log: LossLog,
+        offset: int,
+        advance,  # type: ignore[no-untyped-def]
+    ) -> _StageRun:
+        """Optimise one stage's trainable variables for all restarts; keep each restart's best."""
+        cfg, prior = self.config, self.prior
+        restarts, n = cfg.restarts, target.batch_size
+        trainable = prior.trainable(stage)
+        origin = {k: v.detach().clone() for k, v in start.items()}
+        variables = {k: v.detach().clone().requires_grad_(k in trainable) for k, v in start.items()}
+        params = [variables[k] for k in trainable]
+        optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, max(steps, 1), cfg.warmup, cfg.flat)
+        )
+        sphere = stage == 0 and prior.sphere_latent
+        norms = {k: origin[k].flatten(1).norm(dim=1) for k in trainable} if sphere else {}
+        best = _StageRun(
+            best_variables={k: v.detach().clone() for k, v in variables.items()},
+            best_losses=torch.full((restarts,), float("inf"), device=target.device),
+            best_images=torch.empty(0),
+        )
+        for step in range(steps + 1):
+            images = prior(stage, variables, context)
+            losses = self._restart_losses(images, target, matcher)
+            # These losses score the current variables: keep each restart's best (no host sync).
+            best.keep(losses.detach(), variables, images.detach(), n)
+            if step == steps:  # the last pass only scores the final variables
+                break
+            total = losses.sum() + self._regularisers(images, target, restarts)
+            grads = torch.autograd.grad(total, params)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                self._constrain(variables, origin, trainable, sphere, norms, radius)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+                previous = log.steps[-1] if log.steps and log.steps[-1] > offset else offset
+                values = log.record(offset + step + 1, losses)
+                advance(offset + step + 1 - previous, min(values))
+        return best
+
+    def _restart_losses(self, images: Tensor, target: Target, matcher: GradientMatcher) -> Tensor:
+        """Gradient-matching loss of each restart's batch (the restarts are stacked along dim 0)."""
+        inputs = self.victim_inputs(images, target)
+        n = target.batch_size
+        return torch.stack([matcher(inputs[r * n : (r + 1) * n]) for r in range(inputs.shape[0] // n)])
+
+    def _regularisers(self, images: Tensor, target: Target, restarts: int) -> Tensor:
+        """TV and image norm on the victim-resolution images in [0, 1], summed over restarts."""
+        cfg, n = self.config, target.batch_size
+        x = to_victim_images(images, target.victim.resolution)
+        total = images.new_zeros(())
+        for r in range(restarts):
+            chunk = x[r * n : (r + 1) * n]
+            if cfg.tv:
+                total = total + cfg.tv * total_variation(chunk)
+            if cfg.norm:
+                total = total + cfg.norm * image_norm(chunk)
+        return total
+
+    def _constrain(
+        self,
+        variables: Variables,
+        origin: Variables,
+        trainable: list[str],
+        sphere: bool,
+        norms: dict[str, Tensor],
+        radius: float,
+    ) -> None:
+        """Sphere constraint on a stage-0 latent, else the l1 ball around the stage's start."""
+        for k in trainable:
+            v = variables[k]
+            if sphere:
+                scale = norms[k] / v.flatten(1).norm(dim=1).clamp_min(1e-12)
+                v.mul_(scale.view(-1, *[1] * (v.ndim - 1)))
+            elif self.config.ball:
+                v.copy_(origin[k] + project_l1_ball(v - origin[k], radius))
+
+
+@register_attack
+class LatentSearch(GIFD):
+    """The latent-only ablation: GIFD's stage 0 alone (a GAN-latent search)."""
+
+    name = "latent"
+
+    def stages(self) -> list[int]:
+        return [0]
+
+
+@register_attack
+class GIFDNoBall(GIFD):
+    """GIFD without the l1 ball (the paper's ablation): feature stages optimised unconstrained."""
+
+    name = "gifd-noball"
+    Config = NoBallConfig
