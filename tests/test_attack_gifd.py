@@ -1,5 +1,6 @@
 """GIFD on the real face prior: stage bookkeeping, best-restart choice, constraints, schedule."""
 
+import itertools
 import math
 
 import pytest
@@ -58,7 +59,9 @@ def test_radius_zero_keeps_features_at_their_start(prior, target) -> None:
 def test_no_ball_moves_features_further_than_the_ball(prior, target) -> None:
     tiny = [1.0] * prior.num_stages
     with_ball = run(prior, target, stage_start=3, stage_end=3, radii=tiny, restarts=1, steps=8)
-    without = run(prior, target, stage_start=3, stage_end=3, radii=tiny, restarts=1, steps=8, attack="gifd-noball")
+    without = run(
+        prior, target, stage_start=3, stage_end=3, radii=tiny, restarts=1, steps=8, attack="gifd-noball"
+    )
     assert without.loss < with_ball.loss
 
 
@@ -92,4 +95,4 @@ def test_schedule_warms_up_stays_flat_then_decays_to_zero() -> None:
     assert factors[0] == pytest.approx(0.2) and factors[4] == pytest.approx(1.0)
     assert all(f == 1.0 for f in factors[5:25])
     assert factors[62] == pytest.approx(0.5 * (1 + math.cos(math.pi * 37 / 75)))
-    assert factors[-1] < 0.001 and all(a >= b for a, b in zip(factors[25:], factors[26:], strict=False))
+    assert factors[-1] < 0.001 and all(a >= b for a, b in itertools.pairwise(factors))

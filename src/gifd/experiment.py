@@ -111,7 +111,9 @@ def run_experiment(
             victim, images.to(device), batch_labels, disclose_labels=config.disclose_labels
         )
         batches.append(
-            _attack_batch(config, victim, prior, update, images, batch_labels, generator, progress, reconstructions)
+            _attack_batch(
+                config, victim, prior, update, images, batch_labels, generator, progress, reconstructions
+            )
         )
     results = {
         "config": config.model_copy(update={"num_classes": num_classes}).model_dump(mode="json"),

@@ -159,7 +159,9 @@ class GIFD(GenerativeAttack):
     def radii(self) -> list[float]:
         radii = self.config.radii if self.config.radii is not None else self.prior.default_radii()
         if len(radii) < self.prior.num_stages:
-            raise GifdError(f"{self.name}: {len(radii)} radii for a prior with {self.prior.num_stages} stages")
+            raise GifdError(
+                f"{self.name}: {len(radii)} radii for a prior with {self.prior.num_stages} stages"
+            )
         return list(radii)
 
     def run(self, target: Target, generator: torch.Generator) -> AttackResult:
@@ -170,7 +172,9 @@ class GIFD(GenerativeAttack):
         restarts, n = cfg.restarts, target.batch_size
         context = self.prior_context(target, restarts)
         labels = target.labels.to(prior.device).repeat(restarts)
-        variables = prior.init_latent(restarts * n, labels if prior.num_classes is not None else None, generator)
+        variables = prior.init_latent(
+            restarts * n, labels if prior.num_classes is not None else None, generator
+        )
         with torch.no_grad():
             for stage in range(stages[0]):
                 variables = prior.advance(stage, variables, context)
@@ -180,10 +184,15 @@ class GIFD(GenerativeAttack):
         offset = 0
         with progress_bar(sum(budget), self.name, self.progress) as advance:
             for stage, steps in zip(stages, budget, strict=True):
-                run = self._run_stage(stage, steps, variables, context, target, matcher, radii[stage], log, offset, advance)
+                run = self._run_stage(
+                    stage, steps, variables, context, target, matcher, radii[stage], log, offset, advance
+                )
                 offset += steps
                 best = int(run.best_losses.argmin())
-                images = to_victim_images(run.best_images.view(restarts, n, *run.best_images.shape[1:])[best], target.victim.resolution)
+                images = to_victim_images(
+                    run.best_images.view(restarts, n, *run.best_images.shape[1:])[best],
+                    target.victim.resolution,
+                )
                 stage_result = StageResult(
                     stage=stage,
                     name=prior.stage_names[stage],

@@ -49,7 +49,10 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=int, help="images per client update (default 1)")
     add("--labels", type=_ints, help="private labels, one per image (default: the source's own)")
     add("--attack", dest="attacks", type=_names, help=f"comma-separated: {', '.join(ATTACKS.names())}")
-    add("--prior", help="generative prior of the GAN-based attacks (see `gifd priors`; default digiface-dcgan64)")
+    add(
+        "--prior",
+        help="generative prior of the GAN-based attacks (see `gifd priors`; default digiface-dcgan64)",
+    )
     add("--prior-weights", help="weights of the prior (a path; needed for biggan-*, stylegan2, dcgan)")
     add("--steps", type=int, help="total step budget per restart of every attack")
     add("--restarts", type=int, help="restarts per attack")

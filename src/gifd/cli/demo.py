@@ -28,7 +28,9 @@ QUICK = {"indices": [0], "steps": 100, "restarts": 1}
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="run the built-in default attack and write an HTML report")
     parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    parser.add_argument("--quick", action="store_true", help="one image and a short schedule (about a minute)")
+    parser.add_argument(
+        "--quick", action="store_true", help="one image and a short schedule (about a minute)"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -44,7 +46,9 @@ def run(args: argparse.Namespace) -> None:
     from gifd.report import write_report
 
     start = time.perf_counter()
-    results = run_experiment(demo_config(args.quick, args.device, args.seed), args.out, progress=not args.quiet)
+    results = run_experiment(
+        demo_config(args.quick, args.device, args.seed), args.out, progress=not args.quiet
+    )
     report = write_report(args.out)
     print(format_table(results))
     print(f"report: {report}  ({time.perf_counter() - start:.0f} s)")
