@@ -254,3 +254,22 @@ def test_color_is_per_image_affine_and_differentiable():
     assert x.grad is not None and x.grad.abs().sum() > 0
     full = diff_augment(x, ["color", "translation", "cutout"], torch.Generator().manual_seed(3))
     assert full.shape == x.shape and full.requires_grad
+
+
+def test_trains_on_a_builtin_source(tmp_path):
+    config = TrainPriorConfig(
+        data="builtin:cifar10",
+        out=str(tmp_path / "prior"),
+        iterations=2,
+        batch_size=8,
+        resolution=32,
+        ngf=8,
+        ndf=8,
+        checkpoint_every=1,
+        sample_every=1,
+        device="cpu",
+    )
+    result = train_prior(config, progress=False)
+    prior = create_prior("dcgan", result.generator_path)
+    image = prior(0, prior.init_latent(2, None, torch.Generator().manual_seed(0)), {})
+    assert image.shape == (2, 3, 32, 32)
