@@ -12,6 +12,7 @@ import platform
 import shutil
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from gifd.errors import GifdError
 from gifd.imageio import save_grid, save_image
 from gifd.metrics import evaluate, label_accuracy
 from gifd.priors import StagedGenerator, create_prior
+from gifd.report import stage_image_name
 from gifd.victims import Victim, create_victim
 
 
@@ -104,6 +106,8 @@ def run_experiment(
     if any(getattr(ATTACKS.get(name), "needs_prior", False) for name in config.attacks):
         prior = create_prior(config.prior, config.prior_weights, device)
     batches, reconstructions = [], {name: [] for name in config.attacks}
+    #: attack -> stage -> best images after that stage, one tensor per batch (staged attacks only).
+    stage_images: dict[str, dict[int, list[torch.Tensor]]] = {}
     for start in range(0, len(private), config.batch_size):
         images = private.images[start : start + config.batch_size]
         batch_labels = labels[start : start + config.batch_size]
@@ -112,12 +116,22 @@ def run_experiment(
         )
         batches.append(
             _attack_batch(
-                config, victim, prior, update, images, batch_labels, generator, progress, reconstructions
+                config,
+                victim,
+                prior,
+                update,
+                images,
+                batch_labels,
+                generator,
+                progress,
+                reconstructions,
+                stage_images,
             )
         )
     results = {
         "config": config.model_copy(update={"num_classes": num_classes}).model_dump(mode="json"),
         "seed": config.seed,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "device": str(device),
         "images": {"source": private.source, "names": private.names},
@@ -128,7 +142,18 @@ def run_experiment(
         "attacks": {name: _aggregate(name, batches) for name in config.attacks},
     }
     if out is not None:
-        write_run(Path(out), results, private.images, {k: torch.cat(v) for k, v in reconstructions.items()})
+        write_run(
+            Path(out),
+            results,
+            private.images,
+            {k: torch.cat(v) for k, v in reconstructions.items()},
+            stage_images={
+                name: {
+                    stage: torch.cat(parts) for stage, parts in by_stage.items() if len(parts) == len(batches)
+                }
+                for name, by_stage in stage_images.items()
+            },
+        )
     return results
 
 
@@ -181,6 +206,7 @@ def _attack_batch(
     generator: torch.Generator,
     progress: bool,
     reconstructions: dict[str, list[torch.Tensor]],
+    stage_images: dict[str, dict[int, list[torch.Tensor]]],
 ) -> dict[str, Any]:
     """Infer labels, run every attack on one update, and score each against the private batch."""
     if update.labels is not None:
@@ -204,6 +230,10 @@ def _attack_batch(
             result.images.to(victim.device), truth, features=lambda x: victim.model(victim.normalize(x))
         )
         reconstructions[name].append(result.images[evaluation.order].cpu())
+        for stage in result.stages:  # paired with the originals like the final images
+            stage_images.setdefault(name, {}).setdefault(stage.stage, []).append(
+                stage.images[evaluation.order].cpu()
+            )
         batch["attacks"][name] = {**result.summary(), "metrics": evaluation.to_dict()}
     return batch
 
@@ -271,9 +301,16 @@ def check_output_dir(out: Path) -> None:
 
 
 def write_run(
-    out: Path, results: dict[str, Any], originals: torch.Tensor, reconstructions: dict[str, torch.Tensor]
+    out: Path,
+    results: dict[str, Any],
+    originals: torch.Tensor,
+    reconstructions: dict[str, torch.Tensor],
+    stage_images: dict[str, dict[int, torch.Tensor]] | None = None,
 ) -> None:
     """Write results.json and image grids into `out`, all or nothing.
+
+    `stage_images[attack][stage]` (staged attacks) are the best images after each stage, saved as
+    images/<attack>_stage<S>_NNN.png for the report's stage progression.
 
     Everything goes into a staging directory beside `out`, which then replaces `out` (an earlier
     run there is moved aside first and deleted last, so there is always one complete run).
@@ -299,6 +336,10 @@ def write_run(
             save_grid(images, staging / f"{name}.png", nrow=nrow)
             for i, image in enumerate(images):
                 save_image(image, staging / "images" / f"{name}_{i:03d}.png")
+        for name, by_stage in (stage_images or {}).items():
+            for stage, images in by_stage.items():
+                for i, image in enumerate(images):
+                    save_image(image, staging / stage_image_name(name, stage, i))
         (staging / "results.json").write_text(json.dumps(results, indent=2))
         if out.exists():
             os.replace(out, old)

@@ -108,6 +108,8 @@ class StageResult:
     images: Tensor
     loss: float
     restart_losses: list[float]
+    #: Step (counted over the whole attack) at which this stage ended, for stage marks on loss curves.
+    end_step: int | None = None
 
 
 @dataclass
@@ -151,6 +153,7 @@ class AttackResult:
                     "name": s.name,
                     "gradient_loss": s.loss,
                     "restart_losses": s.restart_losses,
+                    "end_step": s.end_step,
                 }
                 for s in self.stages
             ],

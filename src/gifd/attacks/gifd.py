@@ -199,6 +199,7 @@ class GIFD(GenerativeAttack):
                     images=images.clamp(0, 1).detach().cpu(),
                     loss=float(run.best_losses[best]),
                     restart_losses=[float(v) for v in run.best_losses],
+                    end_step=offset,
                 )
                 results.append(stage_result)
                 if best_overall is None or stage_result.loss < best_overall.loss:
