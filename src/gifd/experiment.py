@@ -103,7 +103,7 @@ def run_experiment(
             "pass a number of --indices that is a multiple of --batch-size"
         )
     prior = None
-    if any(getattr(ATTACKS.get(name), "needs_prior", False) for name in config.attacks):
+    if any(ATTACKS.get(name).needs_prior for name in config.attacks):
         prior = create_prior(config.prior, config.prior_weights, device)
     batches, reconstructions = [], {name: [] for name in config.attacks}
     #: attack -> stage -> best images after that stage, one tensor per batch (staged attacks only).
@@ -223,7 +223,7 @@ def _attack_batch(
     truth = images.to(victim.device)
     for name in config.attacks:
         cls = ATTACKS.get(name)
-        extra = {"prior": prior} if getattr(cls, "needs_prior", False) else {}
+        extra = {"prior": prior} if cls.needs_prior else {}
         attack = cls(_attack_settings(config, name), progress=progress, **extra)
         result: AttackResult = attack.run(target, generator)
         evaluation = evaluate(

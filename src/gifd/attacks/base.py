@@ -165,6 +165,8 @@ class Attack:
 
     name: ClassVar[str]
     Config: ClassVar[type[AttackConfig]] = AttackConfig
+    #: Whether the attack searches a generative prior (then it takes `prior=` when built).
+    needs_prior: ClassVar[bool] = False
 
     def __init__(self, config: AttackConfig | dict[str, Any] | None = None, *, progress: bool = True):
         if isinstance(config, dict) or config is None:
