@@ -60,6 +60,8 @@ class ExperimentConfig(BaseModel):
     restarts: int | None = None
     #: Per-attack settings, e.g. {"ig": {"tv": 1e-3}}; override the shared steps/restarts.
     attack_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: Client-side defense, e.g. "prune:0.5" or "clip:4+noise:0.01" (None or "none": no defense).
+    defense: str | None = None
     label_inference: LabelRule = "unique"
     #: Threat model: does the client disclose its labels with the update?
     disclose_labels: bool = False
@@ -78,6 +80,8 @@ def run_experiment(
     device = resolve_device(config.device)
     generator = seed_everything(config.seed)
     _check_attacks(config)
+    if config.defense not in (None, "none"):
+        raise GifdError(f"defense {config.defense!r}: defenses are not available in this version yet")
     if out is not None:
         check_output_dir(Path(out))
     private = load_images(config.images, config.resolution, config.indices)

@@ -211,7 +211,7 @@ def create_victim(
         torch.manual_seed(seed)
         model = factory(num_classes=num_classes, resolution=resolution)
     if weights is not None:
-        load_victim_weights(model, Path(weights), name)
+        load_victim_weights(model, Path(weights).expanduser(), name)
     model.eval().to(device)
     return Victim(name=name, model=model, resolution=resolution, num_classes=num_classes, mean=mean, std=std)
 

@@ -144,7 +144,7 @@ def create_prior(
         raise GifdError(
             f"unknown prior {name!r}. Known priors: {', '.join(sorted(PRIORS))} (see `gifd priors`)."
         )
-    prior = PRIORS[name].build(Path(weights) if weights is not None else None)
+    prior = PRIORS[name].build(Path(weights).expanduser() if weights is not None else None)
     prior.eval().requires_grad_(False)
     if device is not None:
         prior.to(device)
