@@ -19,15 +19,13 @@ and a markdown table next to it (`.md`), both atomically, and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from common import write_json, write_text
 from gifd.experiment import ExperimentConfig, run_experiment
 
 COLUMNS = (("psnr", "PSNR (dB) ↑"), ("ssim", "SSIM ↑"), ("lpips_st", "LPIPS-ST ↓"), ("seconds", "seconds"))
@@ -62,14 +60,6 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
@@ -98,13 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     }
     table = markdown_table(results)
     out = Path(args.out)
-    write_atomically(out, json.dumps(results, indent=2))
+    write_json(out, results)
     header = (
         f"Built-in OOD setting: digiface-dcgan64 prior, real photos {config.indices}, untrained ConvNet 64 px, "
         f"batch 1, {args.steps} steps x {args.restarts} restarts per method, seed {args.seed} "
         f"(GGL: {args.steps} generations x {args.ggl_population} candidates).\n\n"
     )
-    write_atomically(out.with_suffix(".md"), header + table + "\n")
+    write_text(out.with_suffix(".md"), header + table + "\n")
     print(header + table)
 
 

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,8 +26,10 @@ from gifd.attacks.labels import LabelRule
 from gifd.client import Update, compute_update
 from gifd.config import build_config
 from gifd.data import ImageSet, load_images
+from gifd.defenses import ClientContext, Defense, apply_defense, parse_defense, utility_cost
 from gifd.device import resolve_device, seed_everything
 from gifd.errors import GifdError
+from gifd.fedavg import compute_fedavg_update
 from gifd.imageio import save_grid, save_image
 from gifd.metrics import evaluate, label_accuracy
 from gifd.priors import StagedGenerator, create_prior
@@ -62,6 +64,13 @@ class ExperimentConfig(BaseModel):
     attack_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: Client-side defense, e.g. "prune:0.5" or "clip:4+noise:0.01" (None or "none": no defense).
     defense: str | None = None
+    #: What the attacker knows of the defense: its parameters ("adaptive"), only its kind with the
+    #: parameters estimated from the update ("estimated"), or nothing ("oblivious").
+    defense_knowledge: Literal["adaptive", "estimated", "oblivious"] = "adaptive"
+    #: Multi-step FedAvg: local SGD steps (None: one FedSGD gradient), learning rate, mini-batch size.
+    local_steps: int | None = None
+    local_lr: float = 1e-4
+    local_batch_size: int | None = None
     label_inference: LabelRule = "unique"
     #: Threat model: does the client disclose its labels with the update?
     disclose_labels: bool = False
@@ -80,8 +89,7 @@ def run_experiment(
     device = resolve_device(config.device)
     generator = seed_everything(config.seed)
     _check_attacks(config)
-    if config.defense not in (None, "none"):
-        raise GifdError(f"defense {config.defense!r}: defenses are not available in this version yet")
+    defense = parse_defense(config.defense)
     if out is not None:
         check_output_dir(Path(out))
     private = load_images(config.images, config.resolution, config.indices)
@@ -115,14 +123,13 @@ def run_experiment(
     for start in range(0, len(private), config.batch_size):
         images = private.images[start : start + config.batch_size]
         batch_labels = labels[start : start + config.batch_size]
-        update = compute_update(
-            victim, images.to(device), batch_labels, disclose_labels=config.disclose_labels
-        )
+        update, utility = client_update(config, victim, defense, images.to(device), batch_labels, generator)
         batches.append(
             _attack_batch(
                 config,
                 victim,
                 prior,
+                attacker_defense(config, defense, update, victim),
                 update,
                 images,
                 batch_labels,
@@ -132,6 +139,7 @@ def run_experiment(
                 stage_images,
             )
         )
+        batches[-1]["utility_cost"] = utility
     results = {
         "config": config.model_copy(update={"num_classes": num_classes}).model_dump(mode="json"),
         "seed": config.seed,
@@ -144,6 +152,12 @@ def run_experiment(
         "label_accuracy": float(np.mean([b["label_accuracy"] for b in batches])),
         "batches": batches,
         "attacks": {name: _aggregate(name, batches) for name in config.attacks},
+        "defense": {
+            "spec": defense.spec(),
+            "description": defense.describe(),
+            "knowledge": config.defense_knowledge,
+            "utility_cost": _mean_utility([b["utility_cost"] for b in batches]),
+        },
     }
     if out is not None:
         write_run(
@@ -200,10 +214,53 @@ def _private_labels(
     return labels
 
 
+def client_update(
+    config: ExperimentConfig,
+    victim: Victim,
+    defense: Defense,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[Update, dict[str, float] | None]:
+    """What the client sends for one batch (FedSGD gradient or FedAvg delta, defended), and the
+    defense's utility cost (similarity of the defended update to the clean one)."""
+    if config.local_steps is None:
+        clean = compute_update(victim, images, labels, disclose_labels=config.disclose_labels)
+    else:
+        clean = compute_fedavg_update(
+            victim,
+            images,
+            labels,
+            local_steps=config.local_steps,
+            local_lr=config.local_lr,
+            local_batch_size=config.local_batch_size,
+            shuffle_seed=config.seed,
+            disclose_labels=config.disclose_labels,
+        )
+    if defense.spec() == "none":
+        return clean, None
+    context = ClientContext(victim, images, labels) if defense.requires_context else None
+    defended = apply_defense(clean, defense, generator=generator, context=context)
+    return defended, utility_cost(clean.tensors, defended.tensors)
+
+
+def attacker_defense(
+    config: ExperimentConfig, defense: Defense, update: Update, victim: Victim
+) -> Defense | None:
+    """The attacker's model of the defense, by the threat model's `defense_knowledge`."""
+    if defense.spec() == "none" or config.defense_knowledge == "oblivious":
+        return None
+    if config.defense_knowledge == "estimated":
+        names = [name for name, _ in victim.named_parameters()]
+        return defense.estimated(update.ordered(victim), names)
+    return defense
+
+
 def _attack_batch(
     config: ExperimentConfig,
     victim: Victim,
     prior: StagedGenerator | None,
+    defense: Defense | None,
     update: Update,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -217,7 +274,7 @@ def _attack_batch(
         inferred = update.labels.sort().values
     else:
         inferred = infer_labels(update, victim, config.label_inference, generator=generator)
-    target = Target(victim=victim, update=update, labels=inferred)
+    target = Target(victim=victim, update=update, labels=inferred, defense=defense)
     batch: dict[str, Any] = {
         "true_labels": labels.tolist(),
         "inferred_labels": inferred.tolist(),
@@ -267,6 +324,14 @@ def _aggregate(name: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
         "steps": runs[0]["steps"],
         "gradient_loss": [r["gradient_loss"] for r in runs],
     }
+
+
+def _mean_utility(costs: list[dict[str, float] | None]) -> dict[str, float] | None:
+    """Mean of each utility-cost measure over the batches (None without a defense)."""
+    present = [c for c in costs if c is not None]
+    if not present:
+        return None
+    return {key: float(np.mean([c[key] for c in present])) for key in present[0]}
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -1,6 +1,6 @@
 """Gradient inversion attacks on shared parts (objectives, label inference, loops, results)."""
 
-from gifd.attacks import ggl, gifd, pixel  # noqa: F401  (registers the attacks)
+from gifd.attacks import ggl, gias, gifd, pixel  # noqa: F401  (registers the attacks)
 from gifd.attacks.base import (
     ATTACKS,
     Attack,

@@ -12,15 +12,27 @@ Differences from the official code, on purpose (see ../shared/paper.md, known de
 - the sphere constraint on z is per sample (not over the whole batch);
 - restarts are independent chains (each continues from its own best variables of the previous
   stage, and owns its noise maps), so they can be compared and pruned.
+
+Speed (none of it changes what a restart computes):
+- `batched` (default): the restarts' gradient losses are one vmapped computation over the victim
+  (`GradientMatcher.restart_losses`) instead of a loop; the same numbers up to float rounding.
+- `halving` (successive halving, off in the "paper" preset, on in "fast"): at the end of every stage
+  but the last, only the better half of the restarts (by their best loss in the stage; at least one)
+  go on to the next stages. A kept restart follows the same chain as without halving, so the answer
+  changes only if the restart that would have won was pruned. Pruned restarts show loss inf in the
+  later stages' `restart_losses` and NaN in the loss history.
+- The inner loop makes no host sync except at log intervals; stage transitions run without grad, and
+  the pass that scores a stage's final variables runs without building a graph.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from gifd.attacks.base import (
@@ -34,9 +46,10 @@ from gifd.attacks.base import (
     Target,
     progress_bar,
     register_attack,
+    restart_image_norm,
+    restart_total_variation,
     to_victim_images,
 )
-from gifd.attacks.objectives import image_norm, total_variation
 from gifd.attacks.projection import project_l1_ball
 from gifd.errors import GifdError
 from gifd.priors.base import Context, StagedGenerator, Variables
@@ -65,6 +78,34 @@ class GIFDConfig(GenerativeConfig):
     #: Schedule: linear warm-up over this fraction of a stage's steps, flat until `flat`, then cosine to 0.
     warmup: float = Field(0.05, ge=0, le=1)
     flat: float = Field(0.25, ge=0, le=1)
+    #: Successive halving: after each stage but the last keep only the better half of the restarts.
+    halving: bool = False
+    #: Named settings ("paper" or "fast", see PRESETS); keys given explicitly override the preset's.
+    preset: Literal["paper", "fast"] = "paper"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, values: Any) -> Any:
+        """Fill the settings the preset names unless they were given explicitly (at construction)."""
+        if isinstance(values, dict) and values.get("preset") in PRESETS:
+            return {**PRESETS[values["preset"]], **values}
+        return values
+
+
+#: Named GIFD settings. "paper": every restart gets the full budget (the paper's procedure; batched
+#: restarts compute the same numbers as its one-after-another loop). "fast": batched restarts and
+#: successive halving, which spends about half the restart-steps for R = 4 over five stages.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"batched": True, "halving": False},
+    "fast": {"batched": True, "halving": True},
+}
+
+
+def preset_settings(name: str) -> dict[str, Any]:
+    """The settings preset `name` stands for (a copy; see PRESETS)."""
+    if name not in PRESETS:
+        raise GifdError(f"unknown GIFD preset {name!r}: use one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
 
 
 class NoBallConfig(GIFDConfig):
@@ -130,6 +171,29 @@ class _StageRun:
             self.best_images = torch.where(per_sample.view(-1, 1, 1, 1), images, self.best_images)
 
 
+def halving_survivors(losses: Tensor) -> list[int]:
+    """Successive halving: the indices (in their original order) of the better half of the
+    restarts by `losses`, at least one; NaN losses rank last, ties keep the lower index."""
+    keep = max(1, losses.numel() // 2)
+    order = torch.sort(losses.detach().cpu(), stable=True).indices[:keep]
+    return sorted(order.tolist())
+
+
+def select_restarts(
+    tensors: dict[str, Tensor], keep: list[int], restarts: int, batch_size: int
+) -> dict[str, Tensor]:
+    """The rows of the restarts `keep` from tensors that stack `restarts` batches of `batch_size`
+    rows along dim 0 (tensors of another first dimension are shared by all and kept whole)."""
+    selected = {}
+    for name, t in tensors.items():
+        if t.ndim == 0 or t.shape[0] != restarts * batch_size:
+            selected[name] = t
+            continue
+        index = torch.tensor(keep, device=t.device)
+        selected[name] = t.reshape(restarts, -1, *t.shape[1:]).index_select(0, index).flatten(0, 1)
+    return selected
+
+
 @register_attack
 class GIFD(GenerativeAttack):
     """GIFD: latent search, then successive feature-domain stages in l1 balls."""
@@ -182,31 +246,54 @@ class GIFD(GenerativeAttack):
         log, results = LossLog(restarts), []
         best_overall: StageResult | None = None
         offset = 0
+        #: Original indices of the restarts still running (all of them unless `halving` pruned some).
+        active = list(range(restarts))
         with progress_bar(sum(budget), self.name, self.progress) as advance:
             for stage, steps in zip(stages, budget, strict=True):
+                pruned = active if len(active) < restarts else None
                 run = self._run_stage(
-                    stage, steps, variables, context, target, matcher, radii[stage], log, offset, advance
+                    stage,
+                    steps,
+                    variables,
+                    context,
+                    target,
+                    matcher,
+                    radii[stage],
+                    log,
+                    offset,
+                    advance,
+                    active=pruned,
                 )
                 offset += steps
-                best = int(run.best_losses.argmin())
+                losses = run.best_losses.detach().double().cpu()
+                best = int(losses.argmin())
                 images = to_victim_images(
-                    run.best_images.view(restarts, n, *run.best_images.shape[1:])[best],
+                    run.best_images.view(len(active), n, *run.best_images.shape[1:])[best],
                     target.victim.resolution,
                 )
+                restart_losses = [math.inf] * restarts  # pruned restarts: inf
+                for index, value in zip(active, losses.tolist(), strict=True):
+                    restart_losses[index] = value
                 stage_result = StageResult(
                     stage=stage,
                     name=prior.stage_names[stage],
                     images=images.clamp(0, 1).detach().cpu(),
-                    loss=float(run.best_losses[best]),
-                    restart_losses=[float(v) for v in run.best_losses],
+                    loss=float(losses[best]),
+                    restart_losses=restart_losses,
                     end_step=offset,
                 )
                 results.append(stage_result)
                 if best_overall is None or stage_result.loss < best_overall.loss:
                     best_overall = stage_result
                 if stage != stages[-1]:
+                    chosen = run.best_variables
+                    if cfg.halving and len(active) > 1:
+                        keep = halving_survivors(losses)
+                        chosen = select_restarts(chosen, keep, len(active), n)
+                        context = select_restarts(context, keep, len(active), n)
+                        active = [active[k] for k in keep]
                     with torch.no_grad():
-                        variables = prior.advance(stage, run.best_variables, context)
+                        variables = prior.advance(stage, chosen, context)
         assert best_overall is not None
         return AttackResult(
             attack=self.name,
@@ -233,10 +320,20 @@ class GIFD(GenerativeAttack):
         log: LossLog,
         offset: int,
         advance,  # type: ignore[no-untyped-def]
+        *,
+        active: list[int] | None = None,
     ) -> _StageRun:
-        """Optimise one stage's trainable variables for all restarts; keep each restart's best."""
+        """Optimise one stage's trainable variables for all restarts; keep each restart's best.
+
+        The restarts are those stacked in `start` (N rows each); `active` gives their original
+        indices when halving pruned some (for the loss history; None: all of them, in order).
+        """
         cfg, prior = self.config, self.prior
-        restarts, n = cfg.restarts, target.batch_size
+        n = target.batch_size
+        restarts = next(iter(start.values())).shape[0] // n
+        scatter = None
+        if active is not None:
+            scatter = torch.tensor(active, device=target.device)
         trainable = prior.trainable(stage)
         origin = {k: v.detach().clone() for k, v in start.items()}
         variables = {k: v.detach().clone().requires_grad_(k in trainable) for k, v in start.items()}
@@ -253,12 +350,16 @@ class GIFD(GenerativeAttack):
             best_images=torch.empty(0),
         )
         for step in range(steps + 1):
+            if step == steps:  # the last pass only scores the final variables: no graph
+                with torch.no_grad():
+                    images = prior(stage, variables, context)
+                    losses = self._restart_losses(images, target, matcher)
+                best.keep(losses, variables, images, n)
+                break
             images = prior(stage, variables, context)
             losses = self._restart_losses(images, target, matcher)
             # These losses score the current variables: keep each restart's best (no host sync).
             best.keep(losses.detach(), variables, images.detach(), n)
-            if step == steps:  # the last pass only scores the final variables
-                break
             total = losses.sum() + self._regularisers(images, target, restarts)
             grads = torch.autograd.grad(total, params)
             for p, g in zip(params, grads, strict=True):
@@ -269,27 +370,30 @@ class GIFD(GenerativeAttack):
                 self._constrain(variables, origin, trainable, sphere, norms, radius)
             if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
                 previous = log.steps[-1] if log.steps and log.steps[-1] > offset else offset
-                values = log.record(offset + step + 1, losses)
-                advance(offset + step + 1 - previous, min(values))
+                logged = losses.detach()
+                if scatter is not None:  # pruned restarts are NaN in the history
+                    logged = logged.new_full((log.restarts,), math.nan).index_copy(0, scatter, logged)
+                values = log.record(offset + step + 1, logged)
+                advance(offset + step + 1 - previous, min((v for v in values if v == v), default=math.nan))
         return best
 
     def _restart_losses(self, images: Tensor, target: Target, matcher: GradientMatcher) -> Tensor:
         """Gradient-matching loss of each restart's batch (the restarts are stacked along dim 0)."""
         inputs = self.victim_inputs(images, target)
-        n = target.batch_size
-        return torch.stack([matcher(inputs[r * n : (r + 1) * n]) for r in range(inputs.shape[0] // n)])
+        restarts = inputs.shape[0] // target.batch_size
+        if self.config.batched:
+            return matcher.restart_losses(inputs, restarts)
+        return matcher.sequential_losses(inputs, restarts)
 
     def _regularisers(self, images: Tensor, target: Target, restarts: int) -> Tensor:
         """TV and image norm on the victim-resolution images in [0, 1], summed over restarts."""
-        cfg, n = self.config, target.batch_size
+        cfg = self.config
         x = to_victim_images(images, target.victim.resolution)
         total = images.new_zeros(())
-        for r in range(restarts):
-            chunk = x[r * n : (r + 1) * n]
-            if cfg.tv:
-                total = total + cfg.tv * total_variation(chunk)
-            if cfg.norm:
-                total = total + cfg.norm * image_norm(chunk)
+        if cfg.tv:
+            total = total + cfg.tv * restart_total_variation(x, restarts).sum()
+        if cfg.norm:
+            total = total + cfg.norm * restart_image_norm(x, restarts).sum()
         return total
 
     def _constrain(

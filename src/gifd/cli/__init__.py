@@ -15,7 +15,7 @@ from gifd import __version__
 from gifd.errors import GifdError
 
 #: Modules of gifd.cli that define commands, in the order `gifd --help` lists them.
-COMMAND_MODULES = ["demo", "attack", "report", "priors"]
+COMMAND_MODULES = ["demo", "attack", "report", "priors", "sweep"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,6 +56,17 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     add("--prior-weights", help="weights of the prior (a path; needed for biggan-*, stylegan2, dcgan)")
     add("--steps", type=int, help="total step budget per restart of every attack")
     add("--restarts", type=int, help="restarts per attack")
+    add(
+        "--defense",
+        help="client defense: noise:STD, clip:BOUND, prune:RATIO, soteria:FRACTION, dpsgd:CLIP,SIGMA, joined with +",
+    )
+    add(
+        "--defense-knowledge",
+        help="attacker's knowledge of the defense: adaptive (default), estimated (from the update), oblivious",
+    )
+    add("--local-steps", type=int, help="multi-step FedAvg: local SGD steps (default: one FedSGD gradient)")
+    add("--local-lr", type=float, help="FedAvg local learning rate (default 1e-4)")
+    add("--local-batch-size", type=int, help="FedAvg local mini-batch size (default: the whole batch)")
     add("--label-inference", help=f"label inference rule: {', '.join(LABEL_RULES)} (default unique)")
     add(
         "--disclose-labels",

@@ -1,0 +1,455 @@
+"""Throughput of GIFD's restarts: the sequential loop vs one batched computation, and successive halving.
+
+Part 1, one line per case: GIFD attack steps per second with the restarts' gradient losses computed
+one restart after another (`batched: false`) and as one vmapped computation (`batched: true`), on
+the same victim, prior (the pretrained 64-px face DCGAN) and private image (batch 1), for LeNet,
+ConvNet and ResNet-18 victims at 32 and 64 px with R = 4 and 8 restarts. A run covers all five
+stages (`--steps` steps each, more for a cheap case so that a run lasts `--min-seconds`; stage
+transitions and the scoring pass of each stage included) after a one-step warm-up. It prints
+
+    convnet-64px R=4 speedup 1.21x  (gifd 3.44 -> 4.16 steps/s; victim only 1.35x; peak RSS 650 -> 700 MB)
+
+"speedup" is batched over sequential steps/s; "victim only" is the same ratio for the victim's
+part alone (restart losses + their gradient w.r.t. the inputs, no generator), where batching acts.
+
+Part 2: time to reach the paper preset's final gradient loss. GIFD with the "paper" preset (full
+budget for every restart), the same with the sequential loop, and the "fast" preset (batched +
+successive halving), same seed and budget (`--halving-steps` per stage, far below the paper's
+13,000 steps in all). Reported: each run's time, and when its best gradient loss so far first came
+within 5 % of the paper run's final loss.
+
+Every measurement runs in a fresh child process, so its peak memory is its own: peak resident set
+size on the CPU (`resource.getrusage`), `torch.cuda.max_memory_allocated` on CUDA. Other processes
+on the machine disturb absolute numbers; ratios come from runs made in one go, alternating the
+order of the two modes when `--repeats` > 1 (best of the repeats counts).
+
+Usage (from the repository root):
+
+    .venv/bin/python bench/throughput.py [--quick] [--threads N] [--steps K] [--repeats M]
+        [--victims lenet,convnet,resnet18] [--sides 32,64] [--restarts 4,8] [--halving-steps K]
+        [--halving-victim convnet-32] [--device cpu] [--out bench/results/throughput.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+PRIOR = "digiface-dcgan64"
+IMAGE_SOURCE = "builtin:cifar10"
+LABEL = 3  # the label of builtin:cifar10 image 0 is irrelevant to speed; any class works
+#: A run "reaches" the paper's final loss when its best loss so far is within this factor of it.
+TARGET_SLACK = 1.05
+#: Second repeat of a case only if its first pair of runs took less than this (seconds).
+REPEAT_BUDGET = 90.0
+#: Cap on the steps per stage chosen to make a cheap case's run last `--min-seconds`.
+MAX_STEPS_PER_STAGE = 40
+
+
+# ------------------------------------------------------------------------------------ child side
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _setup(spec: dict[str, Any]):  # type: ignore[no-untyped-def]
+    import torch
+
+    from gifd.attacks import Target
+    from gifd.client import compute_update
+    from gifd.data import load_images
+    from gifd.device import resolve_device
+    from gifd.priors import create_prior
+    from gifd.victims import create_victim
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    device = resolve_device(spec.get("device"))
+    victim = create_victim(spec["victim"], resolution=spec["side"], num_classes=10, seed=0, device=device)
+    images = load_images(IMAGE_SOURCE, spec["side"], indices=[0]).images
+    labels = torch.tensor([LABEL])
+    target = Target(victim, compute_update(victim, images, labels), labels)
+    return torch, device, victim, target, create_prior
+
+
+def child_gifd(spec: dict[str, Any]) -> dict[str, Any]:
+    """One GIFD run (after a warm-up step) with the settings in `spec`; timings and peak memory."""
+    torch, device, _, target, create_prior = _setup(spec)
+    import gifd.attacks.gifd as gifd_module
+    from gifd.attacks import ATTACKS
+
+    prior = create_prior(PRIOR, device=device)
+    times: list[float] = []
+
+    class TimedLossLog(gifd_module.LossLog):  # type: ignore[name-defined, misc]
+        """LossLog that also notes when each record was made (bench instrumentation only)."""
+
+        def record(self, step: int, per_restart):  # type: ignore[no-untyped-def]
+            values = super().record(step, per_restart)
+            times.append(time.perf_counter())
+            return values
+
+    gifd_module.LossLog = TimedLossLog  # type: ignore[misc]
+    base = {
+        "restarts": spec["restarts"],
+        "batched": spec["batched"],
+        "halving": spec.get("halving", False),
+        "log_every": spec.get("log_every", 10**6),
+    }
+
+    def run(settings: dict[str, Any]):  # type: ignore[no-untyped-def]
+        attack = ATTACKS.get("gifd")({**base, **settings}, prior=prior, progress=False)
+        return attack.run(target, torch.Generator().manual_seed(spec.get("seed", 0)))
+
+    baseline_rss = _peak_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    # Warm-up: one step of the last stage (cheap generator part, full victim part).
+    last = prior.num_stages - 1
+    run({"steps": 1, "stage_start": last, "stage_end": last})
+    times.clear()
+    stage_steps = [spec["steps_per_stage"]] * prior.num_stages
+    start = time.perf_counter()
+    result = run({"steps": sum(stage_steps), "stage_steps": stage_steps})
+    out: dict[str, Any] = {
+        "seconds": result.seconds,
+        "steps": result.steps,
+        "steps_per_second": result.steps / result.seconds,
+        "loss": result.loss,
+        "stage_losses": [s.restart_losses for s in result.stages],
+        "baseline_rss_mb": round(baseline_rss, 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    if spec.get("log_every"):
+        best, curve = math.inf, []
+        for losses in zip(*result.loss_history, strict=True):
+            finite = [v for v in losses if v == v]
+            best = min([best, *finite])
+            curve.append(best)
+        out["log_seconds"] = [round(t - start, 4) for t in times]
+        out["log_steps"] = result.log_steps
+        out["best_so_far"] = curve
+    return out
+
+
+def child_victim(spec: dict[str, Any]) -> dict[str, Any]:
+    """Seconds per call of the victim part alone: restart losses + their input gradient, both modes."""
+    torch, device, _, target, _ = _setup(spec)
+    from gifd.attacks import GradientMatcher
+
+    restarts, side = spec["restarts"], spec["side"]
+    matcher = GradientMatcher(target)
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randn(restarts, 3, side, side, generator=gen).to(device).requires_grad_(True)
+
+    def call(batched: bool) -> float:
+        start = time.perf_counter()
+        losses = (matcher.restart_losses if batched else matcher.sequential_losses)(inputs, restarts)
+        torch.autograd.grad(losses.sum(), [inputs])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    warm = call(False) + call(True)
+    reps = max(2, min(50, int(spec.get("budget", 4.0) / max(warm, 1e-6))))
+    seconds: dict[str, list[float]] = {"sequential": [], "batched": []}
+    for rep in range(reps):
+        order = (False, True) if rep % 2 == 0 else (True, False)
+        for batched in order:
+            seconds["batched" if batched else "sequential"].append(call(batched))
+    best = {k: min(v) for k, v in seconds.items()}
+    return {
+        "seconds_per_call": best,
+        "speedup": best["sequential"] / best["batched"],
+        "reps": reps,
+        "fallback": matcher.batched_failure,
+    }
+
+
+CHILDREN = {"gifd": child_gifd, "victim": child_victim}
+
+
+# ----------------------------------------------------------------------------------- parent side
+def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one measurement in a fresh Python process; its result (or the error) as a dict."""
+    env = dict(os.environ)
+    if spec.get("threads"):
+        env["OMP_NUM_THREADS"] = str(spec["threads"])
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def measure_case(victim: str, side: int, restarts: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Sequential vs batched GIFD steps/s (alternating order over repeats) and the victim-only ratio.
+
+    Steps per stage start at `--steps`; if a sequential run is shorter than `--min-seconds`, the
+    case is measured with proportionally more steps (same number for both modes), so that cheap
+    victims are not timed on a fraction of a second.
+    """
+    common = {"victim": victim, "side": side, "restarts": restarts, "threads": args.threads}
+    common["device"] = args.device
+
+    def gifd_run(mode: str, steps: int) -> dict[str, Any]:
+        spec = {**common, "kind": "gifd", "batched": mode == "batched", "steps_per_stage": steps}
+        return run_child(spec)
+
+    steps = args.steps
+    calibration = gifd_run("sequential", steps)
+    if "error" not in calibration and calibration["seconds"] < args.min_seconds:
+        steps = min(MAX_STEPS_PER_STAGE, math.ceil(steps * args.min_seconds / calibration["seconds"]))
+    runs: dict[str, list[dict[str, Any]]] = {"sequential": [], "batched": []}
+    if steps == args.steps:
+        runs["sequential"].append(calibration)
+    for rep in range(args.repeats):
+        started = time.perf_counter()
+        order = ("batched", "sequential") if rep % 2 == 0 else ("sequential", "batched")
+        for mode in order:
+            if rep == 0 and mode == "sequential" and runs["sequential"]:
+                continue  # the calibration run is this repeat's sequential run
+            runs[mode].append(gifd_run(mode, steps))
+        if time.perf_counter() - started > REPEAT_BUDGET:
+            break
+    victim_only = run_child({**common, "kind": "victim", "budget": args.min_seconds})
+    case: dict[str, Any] = {
+        "victim": victim,
+        "side": side,
+        "restarts": restarts,
+        "steps_per_stage": steps,
+        "victim_only": victim_only,
+    }
+    for mode, results in runs.items():
+        good = [r for r in results if "error" not in r]
+        case[mode] = max(good, key=lambda r: r["steps_per_second"]) if good else results[0]
+        case[f"{mode}_all_steps_per_second"] = [r.get("steps_per_second") for r in results]
+    if "error" not in case["sequential"] and "error" not in case["batched"]:
+        case["speedup"] = case["batched"]["steps_per_second"] / case["sequential"]["steps_per_second"]
+    return case
+
+
+def case_line(case: dict[str, Any]) -> str:
+    name = f"{case['victim']}-{case['side']}px R={case['restarts']}"
+    seq, bat = case["sequential"], case["batched"]
+    if "speedup" not in case:
+        return f"{name} failed: {seq.get('error') or bat.get('error')}"
+    victim_only = case["victim_only"]
+    victim_text = (
+        f"victim only {victim_only['speedup']:.2f}x" if "speedup" in victim_only else "victim only failed"
+    )
+    memory = f"peak RSS {seq['peak_rss_mb']:.0f} -> {bat['peak_rss_mb']:.0f} MB"
+    if "cuda_peak_mb" in bat:
+        memory = f"CUDA peak {seq['cuda_peak_mb']:.0f} -> {bat['cuda_peak_mb']:.0f} MB"
+    return (
+        f"{name} speedup {case['speedup']:.2f}x  (gifd {seq['steps_per_second']:.3g} -> "
+        f"{bat['steps_per_second']:.3g} steps/s; {victim_text}; {memory})"
+    )
+
+
+def time_to_reach(run: dict[str, Any], target: float) -> float | None:
+    """When the run's best loss so far first came within TARGET_SLACK of `target` (None: never)."""
+    for seconds, best in zip(run["log_seconds"], run["best_so_far"], strict=True):
+        if best <= TARGET_SLACK * target:
+            return seconds
+    return run["seconds"] if run["loss"] <= TARGET_SLACK * target else None
+
+
+def measure_halving(args: argparse.Namespace) -> dict[str, Any]:
+    """Paper preset (batched and sequential) vs the fast preset: time to the paper's final loss."""
+    victim, side = args.halving_victim.rsplit("-", 1)
+    common = {
+        "kind": "gifd",
+        "victim": victim,
+        "side": int(side),
+        "restarts": 4,
+        "threads": args.threads,
+        "device": args.device,
+        "steps_per_stage": args.halving_steps,
+        "log_every": 1,
+    }
+    runs = {
+        "paper": run_child({**common, "batched": True, "halving": False}),
+        "paper-sequential": run_child({**common, "batched": False, "halving": False}),
+        "fast": run_child({**common, "batched": True, "halving": True}),
+    }
+    out: dict[str, Any] = {"victim": victim, "side": int(side), "restarts": 4, "runs": runs}
+    if any("error" in r for r in runs.values()):
+        return out
+    target = runs["paper"]["loss"]
+    out["paper_final_loss"] = target
+    for run in runs.values():
+        run["reached_seconds"] = time_to_reach(run, target)
+    fast, paper = runs["fast"], runs["paper"]
+    if fast["reached_seconds"] is not None:
+        out["fast_time_fraction_of_paper"] = fast["reached_seconds"] / paper["seconds"]
+        out["fast_time_fraction_of_paper_sequential"] = (
+            fast["reached_seconds"] / runs["paper-sequential"]["seconds"]
+        )
+    out["fast_loss_ratio"] = fast["loss"] / target
+    return out
+
+
+def halving_lines(result: dict[str, Any]) -> list[str]:
+    name = f"{result['victim']}-{result['side']}px R={result['restarts']}"
+    runs = result["runs"]
+    errors = [f"{k}: {r['error']}" for k, r in runs.items() if "error" in r]
+    if errors:
+        return [f"halving {name} failed: {'; '.join(errors)}"]
+    target = result["paper_final_loss"]
+    lines = [f"halving {name}: paper preset final gradient loss {target:.4g}"]
+    for key, run in runs.items():
+        reached = run["reached_seconds"]
+        reached_text = f"within 5% at {reached:.1f} s" if reached is not None else "never within 5%"
+        lines.append(
+            f"  {key:<16} {run['seconds']:7.1f} s, final loss {run['loss']:.4g} "
+            f"({run['loss'] / target - 1:+.1%}), {reached_text}, peak RSS {run['peak_rss_mb']:.0f} MB"
+        )
+    if "fast_time_fraction_of_paper" in result:
+        lines.append(
+            f"  fast reaches the paper's loss in {result['fast_time_fraction_of_paper']:.2f}x the paper preset's "
+            f"time ({result['fast_time_fraction_of_paper_sequential']:.2f}x of the sequential loop's)"
+        )
+    return lines
+
+
+def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(payload, stream, indent=2)
+            stream.write("\n")
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def parse_list(text: str, flag: str, cast=str) -> list:  # type: ignore[no-untyped-def, type-arg]
+    try:
+        values = [cast(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"error: {flag} {text!r} is not a comma-separated list") from None
+    if not values:
+        raise SystemExit(f"error: {flag} is empty")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="32 px, R=4, 1 step per stage, short halving run"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--steps", type=int, default=None, help="GIFD steps per stage (default 2, quick 1)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="runs per mode, order alternating (default 2)"
+    )
+    parser.add_argument(
+        "--min-seconds", type=float, default=None, help="shortest timed run (default 8, quick 4)"
+    )
+    parser.add_argument("--victims", default="lenet,convnet,resnet18")
+    parser.add_argument("--sides", default=None, help="victim resolutions (default 32,64; quick 32)")
+    parser.add_argument("--restarts", default=None, help="restart counts (default 4,8; quick 4)")
+    parser.add_argument(
+        "--halving-steps", type=int, default=None, help="steps per stage (default 20, quick 6)"
+    )
+    parser.add_argument("--halving-victim", default="convnet-32", help="victim-side of the halving run")
+    parser.add_argument("--no-halving", action="store_true", help="skip part 2")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="bench/results/throughput.json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return args
+    args.steps = args.steps or (1 if args.quick else 2)
+    args.repeats = args.repeats or (1 if args.quick else 2)
+    args.halving_steps = args.halving_steps or (6 if args.quick else 20)
+    args.min_seconds = args.min_seconds or (4.0 if args.quick else 8.0)
+    args.victims = parse_list(args.victims, "--victims")
+    args.sides = parse_list(args.sides or ("32" if args.quick else "32,64"), "--sides", int)
+    args.restarts = parse_list(args.restarts or ("4" if args.quick else "4,8"), "--restarts", int)
+    for flag, value in (
+        ("--steps", args.steps),
+        ("--repeats", args.repeats),
+        ("--halving-steps", args.halving_steps),
+    ):
+        if value < 1:
+            raise SystemExit(f"error: {flag} must be at least 1, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"error: --threads must be at least 1, got {args.threads}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(CHILDREN[spec["kind"]](spec)))
+        return 0
+    import torch
+
+    from gifd.experiment import versions
+
+    started = datetime.now(timezone.utc)
+    load_before = os.getloadavg()
+    cases, lines = [], []
+    for victim in args.victims:
+        for side in args.sides:
+            for restarts in args.restarts:
+                print(f"measuring {victim}-{side}px R={restarts} ...", file=sys.stderr, flush=True)
+                case = measure_case(victim, side, restarts, args)
+                cases.append(case)
+                lines.append(case_line(case))
+                print(lines[-1], flush=True)
+    halving = None
+    if not args.no_halving:
+        print(f"measuring halving on {args.halving_victim} ...", file=sys.stderr, flush=True)
+        halving = measure_halving(args)
+        for line in halving_lines(halving):
+            lines.append(line)
+            print(line, flush=True)
+    payload = {
+        "benchmark": "throughput",
+        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
+        "started_utc": started.isoformat(timespec="seconds"),
+        "versions": versions(),
+        "threads": args.threads or torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_before_after": [list(load_before), list(os.getloadavg())],
+        "settings": {
+            "prior": PRIOR,
+            "image": f"{IMAGE_SOURCE}[0], batch 1",
+            "steps_per_stage": args.steps,
+            "repeats": args.repeats,
+            "halving_steps_per_stage": args.halving_steps,
+            "min_seconds": args.min_seconds,
+            "device": args.device,
+        },
+        "lines": lines,
+        "cases": cases,
+        "halving": halving,
+    }
+    write_json_atomically(Path(args.out), payload)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
