@@ -630,13 +630,15 @@ def aggregate_sweep(
             for metric in METRIC_COLUMNS:
                 row[metric] = summary.get(metric)
             row["label_accuracy"] = results.get("label_accuracy")
+            cost = (results.get("defense") or {}).get("utility_cost")
+            row["update_cosine"] = None if cost is None else cost["cosine"]
             row["seconds"] = summary.get("seconds")
             row["job"] = job.id
             rows.append(row)
     return {
         "sweep": sweep.source,
         "axes": {key: values for key, values in sweep.axes.items()},
-        "columns": [*columns, *METRIC_COLUMNS, "label_accuracy", "seconds", "job"],
+        "columns": [*columns, *METRIC_COLUMNS, "label_accuracy", "update_cosine", "seconds", "job"],
         "rows": rows,
         "jobs": jobs,
     }
@@ -837,9 +839,22 @@ def _defense_strength_plots(rows: list[dict[str, Any]]) -> dict[str, bytes]:
                 axes.plot(
                     xs[:: len(xs) - 1], [undefended] * 2, color=f"C{a % 10}", linestyle="--", linewidth=1.0
                 )
+        cosines = [
+            _mean_of(
+                row["update_cosine"]
+                for parsed, row in zip(parsed_rows, rows, strict=True)
+                if parsed == (kind, x)
+            )
+            for x in xs
+        ]
+        if any(c == c for c in cosines):  # the defense's utility cost: how far the update moved
+            utility = axes.twinx()
+            utility.plot(xs, cosines, color="0.4", linestyle=":", marker="s", label="update cosine to clean")
+            utility.set_ylabel("cosine of defended to clean update", fontsize=8, color="0.4")
+            utility.set_ylim(0, 1.05)
         axes.set_xlabel(f"{kind} parameter")
         axes.set_ylabel("PSNR (higher is better)", fontsize=9)
-        axes.set_title(f"mean PSNR against {kind} (dashed: no defense)", fontsize=10)
+        axes.set_title(f"mean PSNR against {kind} (dashed: no defense; dotted: utility)", fontsize=10)
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize=8)
         pngs[f"psnr_vs_{re.sub(r'[^A-Za-z0-9]+', '-', kind)}.png"] = _png(figure)

@@ -30,6 +30,7 @@ from gifd.client import Update, validate_update
 from gifd.config import build_config
 from gifd.defenses import Defense
 from gifd.errors import GifdError
+from gifd.fedavg import LocalTraining, simulate_local_training
 from gifd.registry import Registry
 from gifd.victims import Victim
 
@@ -80,9 +81,12 @@ class Target:
 class GradientMatcher:
     """Gradient-matching loss of dummy inputs against the shared update (differentiable).
 
-    The dummy gradient is that of the mean cross-entropy of the victim on the dummy inputs with
-    the attacker's labels, computed with create_graph so its distance to the target can be
-    back-propagated to the inputs (the double backward of every gradient inversion attack).
+    The dummy update is what the client would have sent for the dummy inputs and the attacker's
+    labels: the gradient of the mean cross-entropy (FedSGD), or the weight delta of the same local
+    SGD steps unrolled differentiably (FedAvg, when the update is a delta), passed through the
+    attacker's model of the client's defense (`target.defense`; none when oblivious). It is
+    computed with create_graph so its distance to the target can be back-propagated to the inputs
+    (the double backward of every gradient inversion attack).
     """
 
     def __init__(
@@ -98,6 +102,9 @@ class GradientMatcher:
         self.labels = target.labels.to(self.victim.device)
         self.distance = distance
         self.layer_weights = layer_weights
+        self.names = [name for name, _ in self.victim.named_parameters()]
+        self.defense = target.defense
+        self.local = LocalTraining.from_update(target.update) if target.update.kind == "delta" else None
         self._batched_failure: str | None = None
         self._affine_twin: tuple[nn.Module, nn.Module] | None = None
 
@@ -106,10 +113,19 @@ class GradientMatcher:
         loss = F.cross_entropy(self.victim.model(inputs), self.labels)
         return list(torch.autograd.grad(loss, self.params, create_graph=True))
 
+    def dummy_update(self, inputs: Tensor) -> list[Tensor]:
+        """The update the client would send for normalised `inputs`, as the attacker models it."""
+        if self.local is not None:
+            dummy = simulate_local_training(self.victim, inputs, self.labels, self.local)
+        else:
+            replaced = self.defense.dummy_gradient(self.victim, inputs, self.labels) if self.defense else None
+            dummy = replaced if replaced is not None else self.dummy_gradient(inputs)
+        return self.defense.adapt(dummy, self.target_tensors, self.names) if self.defense else dummy
+
     def __call__(self, inputs: Tensor) -> Tensor:
-        """Gradient distance between the dummy gradient of `inputs` and the shared one."""
+        """Distance between the dummy update of `inputs` and the shared one."""
         return gradient_distance(
-            self.dummy_gradient(inputs), self.target_tensors, self.distance, self.layer_weights
+            self.dummy_update(inputs), self.target_tensors, self.distance, self.layer_weights
         )
 
     def sequential_losses(self, inputs: Tensor, restarts: int) -> Tensor:
@@ -136,14 +152,14 @@ class GradientMatcher:
         `torch.no_grad()` too (then it only scores). If vmap cannot batch the victim (an op without a
         batching rule, data-dependent control flow, in-place updates of buffers as in a train-mode
         batch norm, out of memory), it warns once and uses the sequential loop from then on. A
-        target that models a client defense (`target.defense`) is matched by the sequential loop.
+        target that models a client defense, or a FedAvg delta, is matched by the sequential loop.
 
         Eval-mode batch norms run as the per-channel affine map they compute, (x - mean) * weight /
         sqrt(var + eps) + bias, in a copy of the victim that shares its tensors: the same function,
         but torch.func's batching rule for batch norm costs 20-30 % of a ConvNet step on a CPU.
         """
         n = self._batch_rows(inputs, restarts)
-        if self._batched_failure is None and getattr(self.target, "defense", None) is None:
+        if self._batched_failure is None and self.defense is None and self.local is None:
             try:
                 stacked = inputs.reshape(restarts, n, *inputs.shape[1:])
                 model = self._functional_model()

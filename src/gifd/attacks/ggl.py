@@ -195,7 +195,10 @@ def first_order_losses(matcher: GradientMatcher, inputs: Tensor) -> Tensor:
 
     Each candidate's dummy gradient is that of the cross-entropy of the victim on it with the
     attacker's labels (batch size 1), computed without create_graph: CMA-ES needs loss values only.
+    A defense the attacker models, or a FedAvg delta, goes through the matcher's full dummy update.
     """
+    if matcher.defense is not None or matcher.local is not None:
+        return torch.stack([matcher(inputs[i : i + 1]).detach() for i in range(inputs.shape[0])])
     losses = []
     with torch.enable_grad():
         for i in range(inputs.shape[0]):

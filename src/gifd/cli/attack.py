@@ -8,7 +8,9 @@ from typing import Any
 from gifd.attacks import ATTACKS, LABEL_RULES
 from gifd.config import read_yaml
 from gifd.data import builtin_sources
+from gifd.defenses import parse_defense_sweep
 from gifd.experiment import ExperimentConfig, experiment_config, run_experiment
+from gifd.sweep import format_aggregate_table, run_sweep, sweep_from_dict
 from gifd.victims import NORMALIZATIONS, victim_names
 
 
@@ -91,6 +93,16 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 def run(args: argparse.Namespace) -> None:
     config = config_from_args(args)
+    settings = [d.spec() for d in parse_defense_sweep(config.defense)] if config.defense else []
+    if len(settings) > 1:
+        # `--defense prune:0.1,0.3,0.5`: one run per setting, as a sweep over the defense axis, with
+        # plots of reconstruction quality and the update's utility cost against the strength.
+        base = config.model_dump(mode="json", exclude={"defense"}, exclude_defaults=True)
+        sweep = sweep_from_dict({"base": base, "grid": {"defense": settings}}, source="--defense")
+        aggregate = run_sweep(sweep, args.out, progress=not args.quiet)
+        print(format_aggregate_table(aggregate))
+        print(f"one results.json per setting under {args.out}/jobs; aggregate and plots in {args.out}")
+        return
     results = run_experiment(config, args.out, progress=not args.quiet)
     print(format_table(results))
     print(f"results written to {args.out}/results.json")
