@@ -841,7 +841,7 @@ def _defense_strength_plots(rows: list[dict[str, Any]]) -> dict[str, bytes]:
                 )
         cosines = [
             _mean_of(
-                row["update_cosine"]
+                row.get("update_cosine")
                 for parsed, row in zip(parsed_rows, rows, strict=True)
                 if parsed == (kind, x)
             )
