@@ -68,9 +68,9 @@ def read_results(out: Path) -> dict[str, Any]:
 
 
 def without_timings(value: Any) -> Any:
-    """`value` with every wall-clock entry ("seconds", the platform string) removed, recursively."""
+    """`value` with every wall-clock entry ("seconds", "date", the platform string) removed, recursively."""
     if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in ("seconds", "platform")}
+        return {k: without_timings(v) for k, v in value.items() if k not in ("seconds", "platform", "date")}
     if isinstance(value, list):
         return [without_timings(v) for v in value]
     return value
