@@ -39,7 +39,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -118,12 +117,15 @@ def child_gifd(spec: dict[str, Any]) -> dict[str, Any]:
     run({"steps": 1, "stage_start": last, "stage_end": last})
     times.clear()
     stage_steps = [spec["steps_per_stage"]] * prior.num_stages
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = run({"steps": sum(stage_steps), "stage_steps": stage_steps})
+    cpu_seconds = time.process_time() - cpu_start
     out: dict[str, Any] = {
         "seconds": result.seconds,
+        "cpu_seconds": cpu_seconds,
         "steps": result.steps,
         "steps_per_second": result.steps / result.seconds,
+        "steps_per_cpu_second": result.steps / cpu_seconds,
         "loss": result.loss,
         "stage_losses": [s.restart_losses for s in result.stages],
         "baseline_rss_mb": round(baseline_rss, 1),
@@ -154,25 +156,32 @@ def child_victim(spec: dict[str, Any]) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     inputs = torch.randn(restarts, 3, side, side, generator=gen).to(device).requires_grad_(True)
 
-    def call(batched: bool) -> float:
-        start = time.perf_counter()
+    def call(batched: bool) -> tuple[float, float]:
+        start, cpu_start = time.perf_counter(), time.process_time()
         losses = (matcher.restart_losses if batched else matcher.sequential_losses)(inputs, restarts)
         torch.autograd.grad(losses.sum(), [inputs])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu_start
 
-    warm = call(False) + call(True)
+    warm = call(False)[0] + call(True)[0]
     reps = max(2, min(50, int(spec.get("budget", 4.0) / max(warm, 1e-6))))
-    seconds: dict[str, list[float]] = {"sequential": [], "batched": []}
+    wall: dict[str, list[float]] = {"sequential": [], "batched": []}
+    cpu: dict[str, list[float]] = {"sequential": [], "batched": []}
     for rep in range(reps):
         order = (False, True) if rep % 2 == 0 else (True, False)
         for batched in order:
-            seconds["batched" if batched else "sequential"].append(call(batched))
-    best = {k: min(v) for k, v in seconds.items()}
+            mode = "batched" if batched else "sequential"
+            seconds, cpu_seconds = call(batched)
+            wall[mode].append(seconds)
+            cpu[mode].append(cpu_seconds)
+    best = {k: min(v) for k, v in wall.items()}
+    best_cpu = {k: min(v) for k, v in cpu.items()}
     return {
         "seconds_per_call": best,
+        "cpu_seconds_per_call": best_cpu,
         "speedup": best["sequential"] / best["batched"],
+        "cpu_speedup": best_cpu["sequential"] / best_cpu["batched"],
         "reps": reps,
         "fallback": matcher.batched_failure,
     }
@@ -241,6 +250,11 @@ def measure_case(victim: str, side: int, restarts: int, args: argparse.Namespace
         case[f"{mode}_all_steps_per_second"] = [r.get("steps_per_second") for r in results]
     if "error" not in case["sequential"] and "error" not in case["batched"]:
         case["speedup"] = case["batched"]["steps_per_second"] / case["sequential"]["steps_per_second"]
+        cpu = {
+            mode: max(r["steps_per_cpu_second"] for r in results if "error" not in r)
+            for mode, results in runs.items()
+        }
+        case["cpu_speedup"] = cpu["batched"] / cpu["sequential"]
     return case
 
 
@@ -251,14 +265,16 @@ def case_line(case: dict[str, Any]) -> str:
         return f"{name} failed: {seq.get('error') or bat.get('error')}"
     victim_only = case["victim_only"]
     victim_text = (
-        f"victim only {victim_only['speedup']:.2f}x" if "speedup" in victim_only else "victim only failed"
+        f"victim only {victim_only['speedup']:.2f}x (CPU time {victim_only['cpu_speedup']:.2f}x)"
+        if "speedup" in victim_only
+        else "victim only failed"
     )
     memory = f"peak RSS {seq['peak_rss_mb']:.0f} -> {bat['peak_rss_mb']:.0f} MB"
     if "cuda_peak_mb" in bat:
         memory = f"CUDA peak {seq['cuda_peak_mb']:.0f} -> {bat['cuda_peak_mb']:.0f} MB"
     return (
         f"{name} speedup {case['speedup']:.2f}x  (gifd {seq['steps_per_second']:.3g} -> "
-        f"{bat['steps_per_second']:.3g} steps/s; {victim_text}; {memory})"
+        f"{bat['steps_per_second']:.3g} steps/s, CPU time {case['cpu_speedup']:.2f}x; {victim_text}; {memory})"
     )
 
 
@@ -328,19 +344,6 @@ def halving_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2)
-            stream.write("\n")
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-
-
 def parse_list(text: str, flag: str, cast=str) -> list:  # type: ignore[no-untyped-def, type-arg]
     try:
         values = [cast(part.strip()) for part in text.split(",") if part.strip()]
@@ -405,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
+    from common import write_json
     from gifd.experiment import versions
 
     started = datetime.now(timezone.utc)
@@ -446,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "cases": cases,
         "halving": halving,
     }
-    write_json_atomically(Path(args.out), payload)
+    write_json(Path(args.out), payload)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
