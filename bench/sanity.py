@@ -21,10 +21,8 @@ the full results of each run) atomically.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 
 import torch
 
+from common import write_json
 from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, run_experiment, versions
 
@@ -182,19 +181,6 @@ def verdict(rows: list[dict[str, Any]], paper_steps: bool) -> list[str]:
     return lines
 
 
-def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2)
-            stream.write("\n")
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     indices = parse_indices(args.images)
@@ -250,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": {name: round(run["wall_seconds"], 3) for name, run in runs.items()},
         "runs": {name: run["results"] for name, run in runs.items()},
     }
-    write_json_atomically(Path(args.out), payload)
+    write_json(Path(args.out), payload)
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0
 
