@@ -7,14 +7,9 @@ import torch
 from torch import nn
 
 from gifd.attacks import ATTACKS, GradientMatcher, Target
-from gifd.attacks.base import (
-    AffineBatchNorm,
-    affine_batch_norm_copy,
-    restart_image_norm,
-    restart_total_variation,
-)
+from gifd.attacks.base import AffineBatchNorm, affine_batch_norm_copy
 from gifd.attacks.gifd import GIFDConfig, halving_survivors, preset_settings, select_restarts
-from gifd.attacks.objectives import image_norm, total_variation
+from gifd.attacks.objectives import image_norm, restart_image_norm, restart_total_variation, total_variation
 from gifd.client import compute_update
 from gifd.errors import GifdError
 from gifd.priors import create_prior

@@ -8,7 +8,9 @@ from gifd.config import read_yaml
 from gifd.errors import GifdError
 from gifd.experiment import experiment_config
 
-CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml") if not p.name.startswith("sweep"))
+CONFIGS = sorted(
+    p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml") if not p.name.startswith("sweep")
+)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -51,6 +51,8 @@ def test_experiment_records_the_defense_and_its_utility_cost(knowledge: str) -> 
 
 
 def test_experiment_runs_fedavg_updates() -> None:
-    config = ExperimentConfig(victim="lenet", attacks=["ig"], steps=2, restarts=1, local_steps=2, local_lr=0.01)
+    config = ExperimentConfig(
+        victim="lenet", attacks=["ig"], steps=2, restarts=1, local_steps=2, local_lr=0.01
+    )
     results = run_experiment(config, None, progress=False)
     assert results["label_accuracy"] == 1.0 and results["defense"]["utility_cost"] is None

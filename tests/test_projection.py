@@ -43,5 +43,7 @@ def test_projection_is_the_closest_point_in_the_ball() -> None:
     v = torch.randn(1, 4, generator=generator) * 3
     projected = project_l1_ball(v, 1.0)
     candidates = torch.randn(20000, 4, generator=generator)
-    candidates = candidates / candidates.abs().sum(1, keepdim=True) * torch.rand(20000, 1, generator=generator)
+    candidates = (
+        candidates / candidates.abs().sum(1, keepdim=True) * torch.rand(20000, 1, generator=generator)
+    )
     assert (candidates - v).norm(dim=1).min() >= (projected - v).norm() - 1e-6

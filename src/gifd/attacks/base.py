@@ -398,20 +398,6 @@ def clamp_bounds(victim: Victim, device: torch.device) -> tuple[Tensor, Tensor]:
     return victim.normalize(zeros), victim.normalize(zeros + 1)
 
 
-def restart_total_variation(images: Tensor, restarts: int) -> Tensor:
-    """`total_variation` of each restart's batch (restarts stacked along dim 0), shape (restarts,)."""
-    x = images.reshape(restarts, -1, *images.shape[-2:])
-    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
-    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
-    return dx + dy
-
-
-def restart_image_norm(images: Tensor, restarts: int) -> Tensor:
-    """`image_norm` of each restart's batch (restarts stacked along dim 0), shape (restarts,)."""
-    per_image = images.reshape(images.shape[0], -1).norm(dim=1)
-    return per_image.reshape(restarts, -1).mean(1)
-
-
 def to_victim_images(images: Tensor, resolution: int) -> Tensor:
     """Generator output in [-1, 1] -> [0, 1] at the victim's resolution.
 

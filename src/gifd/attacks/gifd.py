@@ -46,10 +46,9 @@ from gifd.attacks.base import (
     Target,
     progress_bar,
     register_attack,
-    restart_image_norm,
-    restart_total_variation,
     to_victim_images,
 )
+from gifd.attacks.objectives import restart_image_norm, restart_total_variation
 from gifd.attacks.projection import project_l1_ball
 from gifd.errors import GifdError
 from gifd.priors.base import Context, StagedGenerator, Variables

@@ -52,11 +52,23 @@ def gradient_distance(
 
 def total_variation(images: Tensor) -> Tensor:
     """Anisotropic total variation: mean |dx| + mean |dy| over the batch (paper's definition)."""
-    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
-    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
-    return dx + dy
+    return restart_total_variation(images, 1)[0]
 
 
 def image_norm(images: Tensor) -> Tensor:
     """Mean l2 norm of the images (GI's R_norm)."""
-    return images.flatten(1).norm(dim=1).mean()
+    return restart_image_norm(images, 1)[0]
+
+
+def restart_total_variation(images: Tensor, restarts: int) -> Tensor:
+    """`total_variation` of each restart's batch (restarts stacked along dim 0), shape (restarts,)."""
+    x = images.reshape(restarts, -1, *images.shape[-2:])
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+    return dx + dy
+
+
+def restart_image_norm(images: Tensor, restarts: int) -> Tensor:
+    """`image_norm` of each restart's batch (restarts stacked along dim 0), shape (restarts,)."""
+    per_image = images.reshape(images.shape[0], -1).norm(dim=1)
+    return per_image.reshape(restarts, -1).mean(1)

@@ -33,10 +33,8 @@ from gifd.attacks.base import (
     clamp_bounds,
     progress_bar,
     register_attack,
-    restart_image_norm,
-    restart_total_variation,
 )
-from gifd.attacks.objectives import GradientDistance
+from gifd.attacks.objectives import GradientDistance, restart_image_norm, restart_total_variation
 
 
 class PixelConfig(AttackConfig):
