@@ -34,8 +34,7 @@ Usage (from the repository root):
 
     .venv/bin/python bench/throughput.py [--quick] [--threads N] [--steps K] [--repeats M]
         [--min-seconds S] [--victims lenet,convnet,resnet18] [--sides 32,64] [--restarts 4,8]
-        [--halving-steps K]
-        [--halving-victim convnet-32] [--no-halving | --halving-only] [--device cpu]
+        [--halving-steps K] [--halving-victim convnet-32] [--no-halving | --halving-only] [--device cpu]
         [--out bench/results/throughput.json]
 """
 
