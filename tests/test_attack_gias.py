@@ -169,6 +169,11 @@ def test_settings_and_errors(prior) -> None:
         0.5,
     )
     assert latent.stages() == [0] and not latent.config.ball
+    # The fine-tune scores with GIAS's own settings (GenerativeAttack.restart_losses and
+    # regularisers), the latent phase with its GIFD's: they must agree for both phases to score alike.
+    scoring = {"tv": 0.3, "norm": 0.0, "batched": False}
+    search = GIAS({"steps": 90, **scoring}, prior=prior).latent_search()
+    assert {k: getattr(search.config, k) for k in scoring} == scoring
     with pytest.raises(GifdError, match="needs a generative prior"):
         GIAS({})
     with pytest.raises(GifdError, match="set latent_lr and finetune_lr"):

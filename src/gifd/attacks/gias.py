@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +83,7 @@ from gifd.attacks.base import (
     register_attack,
     to_victim_images,
 )
-from gifd.attacks.gifd import GIFD, GenerativeAttack, GenerativeConfig, GIFDConfig, _StageRun, lr_factor
+from gifd.attacks.gifd import GIFD, GenerativeAttack, GenerativeConfig, GIFDConfig, StageRun, lr_factor
 from gifd.errors import GifdError
 from gifd.priors.base import Context, StagedGenerator, Variables
 
@@ -193,12 +193,21 @@ class GIAS(GenerativeAttack):
             names = self.tuned_parameter_names(start, context)
         with eval_mode(prior), progress_bar(cfg.steps, self.name, self.progress) as advance:
             # No radius: the l1 ball is off (the sphere constraint on z, if any, still applies).
-            latent = search._run_stage(
-                0, latent_steps, start, context, target, matcher, math.inf, log, 0, advance
+            latent = search.run_stage(
+                0,
+                latent_steps,
+                start,
+                context,
+                target,
+                matcher,
+                radius=math.inf,
+                log=log,
+                offset=0,
+                advance=advance,
             )
             latents = {k: v.detach() for k, v in latent.best_variables.items()}
             tuned = self._finetune(
-                search, names, latents, context, target, matcher, finetune_steps, log, latent_steps, advance
+                names, latents, context, target, matcher, finetune_steps, log, latent_steps, advance
             )
         phases = [
             self._stage_result(0, f"latent search: {prior.stage_names[0]}", latent, target, latent_steps),
@@ -280,7 +289,6 @@ class GIAS(GenerativeAttack):
 
     def _finetune(
         self,
-        search: GIFD,
         names: list[str],
         latents: Variables,
         context: Context,
@@ -289,12 +297,13 @@ class GIAS(GenerativeAttack):
         steps: int,
         log: LossLog,
         offset: int,
-        advance,  # type: ignore[no-untyped-def]
-    ) -> _StageRun:
+        advance: Callable[[int, float], None],
+    ) -> StageRun:
         """Fine-tune one copy of the parameters `names` per image and restart; keep each restart's
         best images.
 
-        Losses and regularisers are GIFD's (`search`'s), so both phases score restarts the same way.
+        Losses and regularisers are those of every generative attack (`GenerativeAttack`), with the
+        settings the latent phase was given too, so both phases score restarts the same way.
         """
         cfg = self.config
         restarts, n = cfg.restarts, target.batch_size
@@ -305,25 +314,25 @@ class GIAS(GenerativeAttack):
             for k in names
         }
         params = list(stacked.values())
-        # `batched` (the shared setting for vmapped restarts, when the base config has it) also
-        # chooses between vmapped and one-by-one rendering of the copies.
-        batched = bool(getattr(cfg, "batched", True))
+        # `batched` (the shared setting for vmapped restarts) also chooses between vmapped and
+        # one-by-one rendering of the copies.
+        batched = cfg.batched
         optimizer = _adam(params, cfg.finetune_lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, max(steps, 1), cfg.warmup, cfg.flat)
         )
-        best = _StageRun(
+        best = StageRun(
             best_variables={},
             best_losses=torch.full((restarts,), float("inf"), device=target.device),
             best_images=torch.empty(0),
         )
         for step in range(steps + 1):
             images = self.render(stacked, latents, context, batched=batched)
-            losses = search._restart_losses(images, target, matcher)
+            losses = self.restart_losses(images, target, matcher)
             best.keep(losses.detach(), {}, images.detach(), n)
             if step == steps:  # the last pass only scores the final parameters
                 break
-            total = losses.sum() + search._regularisers(images, target, restarts)
+            total = losses.sum() + self.regularisers(images, target, restarts)
             grads = torch.autograd.grad(total, params)
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
@@ -344,7 +353,7 @@ class GIAS(GenerativeAttack):
         return best
 
     def _stage_result(
-        self, stage: int, name: str, run: _StageRun, target: Target, end_step: int
+        self, stage: int, name: str, run: StageRun, target: Target, end_step: int
     ) -> StageResult:
         restarts, n = self.config.restarts, target.batch_size
         best = int(run.best_losses.argmin())

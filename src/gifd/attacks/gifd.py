@@ -28,6 +28,7 @@ Speed (none of it changes what a restart computes):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -125,6 +126,7 @@ class GenerativeAttack(Attack):
     """An attack that needs a generative prior (passed as `prior=`)."""
 
     needs_prior = True
+    config: GenerativeConfig
 
     def __init__(self, config=None, *, prior: StagedGenerator | None = None, progress: bool = True):  # type: ignore[no-untyped-def]
         super().__init__(config, progress=progress)
@@ -147,10 +149,37 @@ class GenerativeAttack(Attack):
         victim = target.victim
         return victim.normalize(to_victim_images(images, victim.resolution))
 
+    def restart_losses(self, images: Tensor, target: Target, matcher: GradientMatcher) -> Tensor:
+        """Gradient-matching loss of each restart's batch, shape (restarts,), of generator output
+        `images` (the restarts stacked along dim 0, N rows each).
+
+        Vmapped or sequential per the `batched` setting. Public so that every generative attack
+        (GIFD's stages, GIAS's fine-tune) scores restarts the same way.
+        """
+        inputs = self.victim_inputs(images, target)
+        restarts = inputs.shape[0] // target.batch_size
+        if self.config.batched:
+            return matcher.restart_losses(inputs, restarts)
+        return matcher.sequential_losses(inputs, restarts)
+
+    def regularisers(self, images: Tensor, target: Target, restarts: int) -> Tensor:
+        """TV and image norm (weights `tv`, `norm`) of generator output `images` on the victim's
+        resolution in [0, 1], summed over the restarts: the scalar added to the summed
+        `restart_losses` before the backward pass, shared by every generative attack."""
+        cfg = self.config
+        x = to_victim_images(images, target.victim.resolution)
+        total = images.new_zeros(())
+        if cfg.tv:
+            total = total + cfg.tv * restart_total_variation(x, restarts).sum()
+        if cfg.norm:
+            total = total + cfg.norm * restart_image_norm(x, restarts).sum()
+        return total
+
 
 @dataclass
-class _StageRun:
-    """Each restart's best variables of a stage, their losses and generator images."""
+class StageRun:
+    """Each restart's best variables of a stage, their losses and generator images (the result
+    of `GIFD.run_stage`; GIAS's fine-tune fills one too)."""
 
     best_variables: Variables
     best_losses: Tensor  # (R,)
@@ -250,17 +279,17 @@ class GIFD(GenerativeAttack):
         with progress_bar(sum(budget), self.name, self.progress) as advance:
             for stage, steps in zip(stages, budget, strict=True):
                 pruned = active if len(active) < restarts else None
-                run = self._run_stage(
+                run = self.run_stage(
                     stage,
                     steps,
                     variables,
                     context,
                     target,
                     matcher,
-                    radii[stage],
-                    log,
-                    offset,
-                    advance,
+                    radius=radii[stage],
+                    log=log,
+                    offset=offset,
+                    advance=advance,
                     active=pruned,
                 )
                 offset += steps
@@ -307,7 +336,7 @@ class GIFD(GenerativeAttack):
             stages=results,
         )
 
-    def _run_stage(
+    def run_stage(
         self,
         stage: int,
         steps: int,
@@ -315,17 +344,22 @@ class GIFD(GenerativeAttack):
         context: Context,
         target: Target,
         matcher: GradientMatcher,
+        *,
         radius: float,
         log: LossLog,
         offset: int,
-        advance,  # type: ignore[no-untyped-def]
-        *,
+        advance: Callable[[int, float], None],
         active: list[int] | None = None,
-    ) -> _StageRun:
-        """Optimise one stage's trainable variables for all restarts; keep each restart's best.
+    ) -> StageRun:
+        """Optimise stage `stage`'s trainable variables from `start` for `steps` steps, for all
+        restarts at once; return each restart's best variables, loss and images.
 
-        The restarts are those stacked in `start` (N rows each); `active` gives their original
-        indices when halving pruned some (for the loss history; None: all of them, in order).
+        One stage of GIFD, public so that GIAS runs its latent phase as GIFD's stage 0 (same
+        schedule, sphere constraint and scoring) instead of a copy of it. The restarts are those
+        stacked in `start` (N rows each). `radius` is the l1 ball's (math.inf: none); losses are
+        recorded in `log` at steps `offset + k` and reported to `advance(steps, best_loss)` (a
+        `progress_bar`'s). `active` gives the restarts' original indices when halving pruned some
+        (for the loss history; None: all of them, in order).
         """
         cfg, prior = self.config, self.prior
         n = target.batch_size
@@ -343,7 +377,7 @@ class GIFD(GenerativeAttack):
         )
         sphere = stage == 0 and prior.sphere_latent
         norms = {k: origin[k].flatten(1).norm(dim=1) for k in trainable} if sphere else {}
-        best = _StageRun(
+        best = StageRun(
             best_variables={k: v.detach().clone() for k, v in variables.items()},
             best_losses=torch.full((restarts,), float("inf"), device=target.device),
             best_images=torch.empty(0),
@@ -352,14 +386,14 @@ class GIFD(GenerativeAttack):
             if step == steps:  # the last pass only scores the final variables: no graph
                 with torch.no_grad():
                     images = prior(stage, variables, context)
-                    losses = self._restart_losses(images, target, matcher)
+                    losses = self.restart_losses(images, target, matcher)
                 best.keep(losses, variables, images, n)
                 break
             images = prior(stage, variables, context)
-            losses = self._restart_losses(images, target, matcher)
+            losses = self.restart_losses(images, target, matcher)
             # These losses score the current variables: keep each restart's best (no host sync).
             best.keep(losses.detach(), variables, images.detach(), n)
-            total = losses.sum() + self._regularisers(images, target, restarts)
+            total = losses.sum() + self.regularisers(images, target, restarts)
             grads = torch.autograd.grad(total, params)
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
@@ -375,25 +409,6 @@ class GIFD(GenerativeAttack):
                 values = log.record(offset + step + 1, logged)
                 advance(offset + step + 1 - previous, min((v for v in values if v == v), default=math.nan))
         return best
-
-    def _restart_losses(self, images: Tensor, target: Target, matcher: GradientMatcher) -> Tensor:
-        """Gradient-matching loss of each restart's batch (the restarts are stacked along dim 0)."""
-        inputs = self.victim_inputs(images, target)
-        restarts = inputs.shape[0] // target.batch_size
-        if self.config.batched:
-            return matcher.restart_losses(inputs, restarts)
-        return matcher.sequential_losses(inputs, restarts)
-
-    def _regularisers(self, images: Tensor, target: Target, restarts: int) -> Tensor:
-        """TV and image norm on the victim-resolution images in [0, 1], summed over restarts."""
-        cfg = self.config
-        x = to_victim_images(images, target.victim.resolution)
-        total = images.new_zeros(())
-        if cfg.tv:
-            total = total + cfg.tv * restart_total_variation(x, restarts).sum()
-        if cfg.norm:
-            total = total + cfg.norm * restart_image_norm(x, restarts).sum()
-        return total
 
     def _constrain(
         self,
