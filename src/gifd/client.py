@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gifd.errors import GifdError, list_some
+from gifd.errors import GifdError, list_some, load_torch_file
 from gifd.victims import Victim
 
 UPDATE_FORMAT = "gifd-update"
@@ -189,17 +189,12 @@ def load_update(path: str | Path, *, batch_size: int | None = None) -> Update:
     A plain dict carries no batch size, so `batch_size` must be given for it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise GifdError(
-            f"update file {path} not found: pass the path of a file written by gifd (save_update)"
-        )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise GifdError(
-            f"update file {path} is corrupt or not a torch file ({exc.__class__.__name__}): "
-            "write it with gifd.client.save_update or torch.save of a {name: tensor} dict"
-        ) from exc
+    payload = load_torch_file(
+        path,
+        "update file",
+        "pass the path of a file written by gifd.client.save_update or by torch.save of a "
+        "{name: tensor} dict",
+    )
     if isinstance(payload, dict) and payload.get("format") == UPDATE_FORMAT:
         return _update_from_payload(payload, path)
     if isinstance(payload, dict) and payload and all(isinstance(v, Tensor) for v in payload.values()):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gifd.errors import GifdError, list_some
+from gifd.errors import GifdError, list_some, load_torch_file
 from gifd.registry import Registry
 
 #: Named input normalisations (mean, std per RGB channel).
@@ -234,30 +234,28 @@ def _resolve_normalization(
 
 def load_victim_weights(model: nn.Module, path: Path, name: str) -> None:
     """Load a state dict into `model` strictly, with errors that name the mismatch."""
-    if not path.is_file():
-        raise GifdError(f"victim weights {path} not found: pass the path of a saved state dict")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise GifdError(
-            f"cannot read victim weights {path} ({exc.__class__.__name__}): is it a torch.save'd state dict?"
-        ) from exc
+    state = load_torch_file(path, "victim weights", "pass the path of a state dict saved with torch.save")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise GifdError(f"victim weights {path} hold a {type(state).__name__}, not a state dict")
+    load_victim_state(model, state, name, f"victim weights {path}")
+
+
+def load_victim_state(model: nn.Module, state: dict[str, Tensor], name: str, source: str) -> None:
+    """Load `state` into `model` strictly; errors name `source`, the mismatched keys or shapes and the fix."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise GifdError(
-            f"victim weights {path} do not fit {name!r}: missing {list_some(missing)}, unexpected {list_some(unexpected)}; "
+            f"{source} do not fit {name!r}: missing {list_some(missing)}, unexpected {list_some(unexpected)}; "
             "check --victim, --resolution and --num-classes"
         )
     for key, tensor in expected.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise GifdError(
-                f"victim weights {path}: {key} has shape {tuple(state[key].shape)}, {name!r} expects "
+                f"{source}: {key} has shape {tuple(state[key].shape)}, {name!r} expects "
                 f"{tuple(tensor.shape)}; check --resolution and --num-classes"
             )
     model.load_state_dict(state)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gifd.errors import GifdError
+from gifd.errors import GifdError, load_torch_file
 from gifd.metrics._inputs import image_pair
 
 NetName = Literal["alex", "vgg"]
@@ -224,12 +224,7 @@ class LpipsNetwork(nn.Module):
 
 
 def _load_file(path: Path, what: str, fix: str) -> Mapping[str, torch.Tensor]:
-    if not path.is_file():
-        raise GifdError(f"{what} file {path} not found: {fix}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or non-torch file: say which one
-        raise GifdError(f"{what} file {path} could not be read as a torch state dict ({exc}): {fix}") from exc
+    state = load_torch_file(path, f"{what} file", fix)
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

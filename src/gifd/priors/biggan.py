@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gifd.errors import GifdError
+from gifd.errors import GifdError, load_torch_file
 from gifd.priors.base import Context, PriorEntry, StagedGenerator, Variables, register_prior
 
 CONFIG_NAME = "config.json"
@@ -650,15 +650,12 @@ def read_config(directory: Path) -> BigGANConfig:
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise GifdError(f"BigGAN weights {path} not found: {_WEIGHTS_FIX}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated / corrupt / foreign files
-        raise GifdError(
-            f"BigGAN weights {path} cannot be read (truncated or corrupt file? {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}): download it again, then {_WEIGHTS_FIX}"
-        ) from exc
+    state = load_torch_file(
+        path,
+        "BigGAN weights",
+        _WEIGHTS_FIX,
+        unreadable="cannot be read (truncated or corrupt file) and must be downloaded again",
+    )
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise GifdError(
             f"BigGAN weights {path} hold a {type(state).__name__}, not a state dict: {_WEIGHTS_FIX}"

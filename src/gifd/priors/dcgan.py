@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gifd.errors import GifdError
+from gifd.errors import GifdError, load_torch_file
 from gifd.priors.base import Context, PriorEntry, StagedGenerator, Variables, register_prior
 
 #: Output sides the architecture supports (4x4 after the first block, doubled per block).
@@ -269,21 +269,8 @@ def _file_key(path: Path) -> tuple[str, int, int]:
     return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-def _torch_load(path: Path, what: str, fix: str) -> Any:
-    """torch.load(path, weights_only=True) with every failure turned into one GifdError."""
-    if not path.exists():
-        raise GifdError(f"{what} {path} not found: {fix}")
-    if path.is_dir():
-        raise GifdError(f"{what} {path} is a directory, not a file: {fix}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
-        text = str(exc).strip()
-        reason = type(exc).__name__ + (": " + text.splitlines()[0].split(". ")[0][:150] if text else "")
-        raise GifdError(
-            f"{what} {path} could not be read ({reason}); the file is truncated or not a PyTorch "
-            f"weights file: {fix}"
-        ) from exc
+#: How an unreadable weights file is described (load_torch_file's `unreadable`).
+_UNREADABLE = "could not be read because the file is truncated or not a PyTorch weights file"
 
 
 def _short_list(keys: list[str], limit: int = 8) -> str:
@@ -340,7 +327,7 @@ def load_face_dcgan(path: Path | None = None) -> DCGANPrior:
     """
     path = face_weights_path() if path is None else Path(path)
     fix = f"reinstall the package with `{FACE_PIP_INSTALL}` or pass that package's weights.tar"
-    data = _torch_load(path, "face DCGAN weights", fix)
+    data = load_torch_file(path, "face DCGAN weights", fix, unreadable=_UNREADABLE)
     if isinstance(data, Mapping) and "netG_state_dict" in data:
         state = data["netG_state_dict"]
     elif isinstance(data, Mapping) and any(isinstance(k, str) and k.startswith("main.") for k in data):
@@ -388,7 +375,7 @@ def load_trained_dcgan(path: str | Path | None) -> DCGANPrior:
     if path is None:
         raise GifdError(f"prior 'dcgan' has no default weights: {fix}")
     path = _resolve_trained_path(Path(path))
-    data = _torch_load(path, "DCGAN checkpoint", fix)
+    data = load_torch_file(path, "DCGAN checkpoint", fix, unreadable=_UNREADABLE)
     fmt = data.get("format") if isinstance(data, Mapping) else None
     if fmt not in (CHECKPOINT_FORMAT, GENERATOR_FORMAT):
         raise GifdError(f"{path} is not a gifd DCGAN checkpoint (no format {GENERATOR_FORMAT!r}): {fix}")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gifd.errors import GifdError, list_some
+from gifd.errors import GifdError, list_some, load_torch_file
 from gifd.priors.base import Context, PriorEntry, StagedGenerator, Variables, register_prior
 
 WEIGHTS_FIX = (
@@ -540,18 +539,14 @@ def _read_g_ema(path: Path) -> dict[str, Tensor]:
     unpickler refuses by default; it is allowed here, for this load only (torch's scoped
     `safe_globals`), so such files load without weights_only=False.
     """
-    if not path.is_file():
-        raise GifdError(f"StyleGAN2 checkpoint {path} not found: {WEIGHTS_FIX}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(
-                path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
-            )
-    except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise GifdError(
-            f"could not read {path} as a PyTorch checkpoint ({type(exc).__name__}: {reason}): {WEIGHTS_FIX}"
-        ) from exc
+    checkpoint = load_torch_file(
+        path,
+        "StyleGAN2 checkpoint",
+        WEIGHTS_FIX,
+        unreadable="is corrupt or not a PyTorch checkpoint: torch could not read it",
+        mmap=True,
+        safe_globals=[argparse.Namespace],
+    )
     if not isinstance(checkpoint, Mapping) or "g_ema" not in checkpoint:
         found = (
             list_some(sorted(map(str, checkpoint)))

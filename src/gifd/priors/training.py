@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from gifd.device import resolve_device
-from gifd.errors import GifdError
+from gifd.errors import GifdError, load_torch_file
 from gifd.imageio import save_grid, write_atomically
 from gifd.priors.dcgan import (
     CHECKPOINT_FORMAT,
@@ -300,14 +300,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint written by `train_prior` (validated, tensors on the CPU)."""
     path = Path(path)
     fix = "pass the --out directory of an earlier `gifd train-prior` run, or start without --resume"
-    if not path.is_file():
+    if not path.is_file():  # worded for --resume in a directory without a checkpoint yet
         raise GifdError(f"no training checkpoint at {path}: {fix}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise GifdError(
-            f"training checkpoint {path} could not be read (truncated or not a checkpoint): {fix}"
-        ) from exc
+    data = load_torch_file(path, "training checkpoint", fix)
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise GifdError(f"{path} is not a gifd DCGAN training checkpoint: {fix}")
     return data
