@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test flower-audit clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/gifd demo --out runs/demo
 
+# The Flower example: a simulated federation whose server audits what each client leaks.
+flower-audit: $(STAMP)
+	FLWR_TELEMETRY_ENABLED=0 $(PY) examples/flower_audit/run.py --out runs/flower-audit
+
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/pytest -q
 
 clean:

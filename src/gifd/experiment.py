@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import gifd
 from gifd.attacks import ATTACKS, LABEL_RULES, AttackResult, Target, infer_labels
 from gifd.attacks.labels import LabelRule
-from gifd.client import Update, compute_update
+from gifd.client import Update, compute_update, validate_update
 from gifd.config import build_config
 from gifd.data import ImageSet, load_images
 from gifd.defenses import ClientContext, Defense, apply_defense, parse_defense, utility_cost
@@ -131,8 +131,7 @@ def run_experiment(
                 prior,
                 attacker_defense(config, defense, update, victim),
                 update,
-                images,
-                batch_labels,
+                (images, batch_labels),
                 generator,
                 progress,
                 reconstructions,
@@ -140,39 +139,111 @@ def run_experiment(
             )
         )
         batches[-1]["utility_cost"] = utility
-    results = {
-        "config": config.model_copy(update={"num_classes": num_classes}).model_dump(mode="json"),
+    results = _results(
+        config.model_copy(update={"num_classes": num_classes}), device, private, batches, defense
+    )
+    results["true_labels"] = labels.tolist()
+    results["label_accuracy"] = float(np.mean([b["label_accuracy"] for b in batches]))
+    if out is not None:
+        write_run(Path(out), results, private.images, *_joined(reconstructions, stage_images, len(batches)))
+    return results
+
+
+def attack_received_update(
+    config: ExperimentConfig,
+    victim: Victim,
+    update: Update,
+    out: str | Path | None = None,
+    *,
+    truth: ImageSet | None = None,
+    prior: StagedGenerator | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Attack an update a server received (e.g. in a Flower round) with the attacks of `config`.
+
+    Unlike `run_experiment`, the client's side already happened: `victim` holds the weights the
+    client started from and `update` is what it sent (checked against the victim). `truth` (the
+    private images with their labels, known only in a simulation) adds the metrics; without it the
+    run holds the reconstructions, inferred labels and gradient losses. `prior` reuses a loaded
+    prior across calls. Returns the results dict in run_experiment's format and, with `out`, writes
+    the run there (all or nothing), so `gifd report` works on it.
+    """
+    validate_update(update, victim)
+    _check_attacks(config)
+    if truth is not None and (len(truth) != update.batch_size or truth.labels is None):
+        raise GifdError(
+            f"the ground truth holds {len(truth)} images {'without' if truth.labels is None else 'with'} labels "
+            f"but the update is of a batch of {update.batch_size}: give the client's images with their labels"
+        )
+    if out is not None:
+        check_output_dir(Path(out))
+    generator = seed_everything(config.seed)
+    if prior is None and any(ATTACKS.get(name).needs_prior for name in config.attacks):
+        prior = create_prior(config.prior, config.prior_weights, victim.device)
+    reconstructions: dict[str, list[torch.Tensor]] = {name: [] for name in config.attacks}
+    stage_images: dict[str, dict[int, list[torch.Tensor]]] = {}
+    batch = _attack_batch(
+        config,
+        victim,
+        prior,
+        None,
+        update,
+        None if truth is None else (truth.images, truth.labels),
+        generator,
+        progress,
+        reconstructions,
+        stage_images,
+    )
+    results = _results(config, victim.device, truth, [batch], parse_defense(None))
+    if truth is not None:
+        results["true_labels"] = batch["true_labels"]
+        results["label_accuracy"] = batch["label_accuracy"]
+    if out is not None:
+        originals = None if truth is None else truth.images
+        write_run(Path(out), results, originals, *_joined(reconstructions, stage_images, 1))
+    return results
+
+
+def _results(
+    config: ExperimentConfig,
+    device: torch.device,
+    private: ImageSet | None,
+    batches: list[dict[str, Any]],
+    defense: Defense,
+) -> dict[str, Any]:
+    """The results dict of a run: config, provenance, per-batch and per-attack results."""
+    return {
+        "config": config.model_dump(mode="json"),
         "seed": config.seed,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "device": str(device),
-        "images": {"source": private.source, "names": private.names},
-        "true_labels": labels.tolist(),
+        "images": None if private is None else {"source": private.source, "names": private.names},
         "inferred_labels": [label for b in batches for label in b["inferred_labels"]],
-        "label_accuracy": float(np.mean([b["label_accuracy"] for b in batches])),
         "batches": batches,
         "attacks": {name: _aggregate(name, batches) for name in config.attacks},
         "defense": {
             "spec": defense.spec(),
             "description": defense.describe(),
             "knowledge": config.defense_knowledge,
-            "utility_cost": _mean_utility([b["utility_cost"] for b in batches]),
+            "utility_cost": _mean_utility([b.get("utility_cost") for b in batches]),
         },
     }
-    if out is not None:
-        write_run(
-            Path(out),
-            results,
-            private.images,
-            {k: torch.cat(v) for k, v in reconstructions.items()},
-            stage_images={
-                name: {
-                    stage: torch.cat(parts) for stage, parts in by_stage.items() if len(parts) == len(batches)
-                }
-                for name, by_stage in stage_images.items()
-            },
-        )
-    return results
+
+
+def _joined(
+    reconstructions: dict[str, list[torch.Tensor]],
+    stage_images: dict[str, dict[int, list[torch.Tensor]]],
+    num_batches: int,
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[int, torch.Tensor]]]:
+    """Per-batch image tensors joined into one per attack (and per stage reached by every batch)."""
+    return (
+        {name: torch.cat(parts) for name, parts in reconstructions.items()},
+        {
+            name: {stage: torch.cat(parts) for stage, parts in by_stage.items() if len(parts) == num_batches}
+            for name, by_stage in stage_images.items()
+        },
+    )
 
 
 def _check_attacks(config: ExperimentConfig) -> None:
@@ -262,40 +333,44 @@ def _attack_batch(
     prior: StagedGenerator | None,
     defense: Defense | None,
     update: Update,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    truth: tuple[torch.Tensor, torch.Tensor] | None,
     generator: torch.Generator,
     progress: bool,
     reconstructions: dict[str, list[torch.Tensor]],
     stage_images: dict[str, dict[int, list[torch.Tensor]]],
 ) -> dict[str, Any]:
-    """Infer labels, run every attack on one update, and score each against the private batch."""
+    """Infer labels, run every attack on one update, and score each against the private batch.
+
+    `truth` is the private (images, labels); without it nothing is scored and the reconstructions
+    stay in the attack's own order.
+    """
     if update.labels is not None:
         inferred = update.labels.sort().values
     else:
         inferred = infer_labels(update, victim, config.label_inference, generator=generator)
     target = Target(victim=victim, update=update, labels=inferred, defense=defense)
-    batch: dict[str, Any] = {
-        "true_labels": labels.tolist(),
-        "inferred_labels": inferred.tolist(),
-        "label_accuracy": label_accuracy(inferred, labels),
-        "attacks": {},
-    }
-    truth = images.to(victim.device)
+    batch: dict[str, Any] = {"inferred_labels": inferred.tolist(), "attacks": {}}
+    if truth is not None:
+        batch["true_labels"] = truth[1].tolist()
+        batch["label_accuracy"] = label_accuracy(inferred, truth[1])
     for name in config.attacks:
         cls = ATTACKS.get(name)
         extra = {"prior": prior} if cls.needs_prior else {}
         attack = cls(_attack_settings(config, name), progress=progress, **extra)
         result: AttackResult = attack.run(target, generator)
-        evaluation = evaluate(
-            result.images.to(victim.device), truth, features=lambda x: victim.model(victim.normalize(x))
-        )
-        reconstructions[name].append(result.images[evaluation.order].cpu())
-        for stage in result.stages:  # paired with the originals like the final images
-            stage_images.setdefault(name, {}).setdefault(stage.stage, []).append(
-                stage.images[evaluation.order].cpu()
+        batch["attacks"][name] = result.summary()
+        order = torch.arange(result.images.shape[0])
+        if truth is not None:
+            evaluation = evaluate(
+                result.images.to(victim.device),
+                truth[0].to(victim.device),
+                features=lambda x: victim.model(victim.normalize(x)),
             )
-        batch["attacks"][name] = {**result.summary(), "metrics": evaluation.to_dict()}
+            order = evaluation.order  # reconstructions paired with the originals
+            batch["attacks"][name]["metrics"] = evaluation.to_dict()
+        reconstructions[name].append(result.images[order].cpu())
+        for stage in result.stages:
+            stage_images.setdefault(name, {}).setdefault(stage.stage, []).append(stage.images[order].cpu())
     return batch
 
 
@@ -313,7 +388,8 @@ def _aggregate(name: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-image metric values of one attack over all batches, their means, time and steps."""
     per_image: dict[str, list[float | None]] = {}
     for batch in batches:
-        for metric, values in batch["attacks"][name]["metrics"]["per_image"].items():
+        scored = batch["attacks"][name].get("metrics") or {"per_image": {}}  # none without the truth
+        for metric, values in scored["per_image"].items():
             per_image.setdefault(metric, []).extend(values)
     means = {m: _mean(v) for m, v in per_image.items()}
     runs = [b["attacks"][name] for b in batches]
@@ -372,11 +448,13 @@ def check_output_dir(out: Path) -> None:
 def write_run(
     out: Path,
     results: dict[str, Any],
-    originals: torch.Tensor,
+    originals: torch.Tensor | None,
     reconstructions: dict[str, torch.Tensor],
     stage_images: dict[str, dict[int, torch.Tensor]] | None = None,
 ) -> None:
     """Write results.json and image grids into `out`, all or nothing.
+
+    `originals` None (an audit without the private images) writes the reconstructions alone.
 
     `stage_images[attack][stage]` (staged attacks) are the best images after each stage, saved as
     images/<attack>_stage<S>_NNN.png for the report's stage progression.
@@ -397,10 +475,12 @@ def write_run(
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     try:
         (staging / "images").mkdir()
-        nrow = min(8, originals.shape[0])
-        save_grid(originals, staging / "originals.png", nrow=nrow)
-        for i, image in enumerate(originals):
-            save_image(image, staging / "images" / f"original_{i:03d}.png")
+        count = next(iter(reconstructions.values())).shape[0] if originals is None else originals.shape[0]
+        nrow = min(8, count)
+        if originals is not None:
+            save_grid(originals, staging / "originals.png", nrow=nrow)
+            for i, image in enumerate(originals):
+                save_image(image, staging / "images" / f"original_{i:03d}.png")
         for name, images in reconstructions.items():
             save_grid(images, staging / f"{name}.png", nrow=nrow)
             for i, image in enumerate(images):

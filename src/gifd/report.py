@@ -29,7 +29,15 @@ from PIL import Image, UnidentifiedImageError
 from gifd.errors import GifdError
 from gifd.imageio import image_to_data_uri, upscale_nearest, write_atomically
 
-__all__ = ["REPORT_NAME", "load_results", "render_report", "stage_image_name", "write_report"]
+__all__ = [
+    "REPORT_NAME",
+    "load_results",
+    "render_audit_report",
+    "render_report",
+    "stage_image_name",
+    "write_audit_report",
+    "write_report",
+]
 
 #: File name of the report inside a run directory.
 REPORT_NAME = "report.html"
@@ -118,6 +126,119 @@ def render_report(results: dict[str, Any], run_dir: str | Path) -> str:
         + "\n".join(s for s in sections if s)
         + "\n</body>\n</html>\n"
     )
+
+
+def write_audit_report(audit_dir: str | Path, audit: dict[str, Any]) -> Path:
+    """Build `audit_dir`/report.html for a Flower audit (gifd.flower) from its audit.json document."""
+    audit_dir = Path(audit_dir)
+    page = render_audit_report(audit, audit_dir)
+    return write_atomically(audit_dir / REPORT_NAME, lambda handle: handle.write(page.encode("utf-8")))
+
+
+def render_audit_report(audit: dict[str, Any], audit_dir: str | Path) -> str:
+    """The audit's HTML: one row per (round, client) with what leaked, and each client's images.
+
+    Each attacked client is a gifd run below `audit_dir`; its own report is linked, and its
+    reconstruction grids (beside the private images when the audit knew them) are embedded.
+    """
+    audit_dir = Path(audit_dir)
+    config = audit.get("config") or {}
+    clients = list(audit.get("clients") or [])
+    attacks = list(config.get("attacks") or [])
+    counts = {
+        s: sum(1 for c in clients if c.get("status") == s)
+        for s in ("attacked", "queued", "skipped", "failed")
+    }
+    keys = [
+        k
+        for k in ("psnr", "ssim", "lpips_st")
+        if any(k in (c.get("attacks") or {}).get(a, {}) for c in clients for a in attacks)
+    ]
+    head = "".join(f"<th>{_e(a)}: {_e(METRICS[k][0])}</th>" for a in attacks for k in keys)
+    head += "".join(f"<th>{_e(a)}: gradient loss</th>" for a in attacks)
+    rows = []
+    for c in clients:
+        training = c.get("local_training") or {}
+        summaries = c.get("attacks") or {}
+        cells = "".join(
+            f'<td class="num">{_fmt(_metric(summaries.get(a) or {}, k), METRICS[k][2], k)}</td>'
+            for a in attacks
+            for k in keys
+        )
+        cells += "".join(
+            f'<td class="num">{_fmt(_number(_at((summaries.get(a) or {}).get("gradient_loss"), 0)), "{:.4g}", "")}</td>'
+            for a in attacks
+        )
+        labels = _list(c.get("inferred_labels", "–"))
+        if "true_labels" in c:
+            labels += f" (true {_list(c['true_labels'])})"
+        notes = [*c.get("warnings", []), *([c["reason"]] if c.get("reason") else [])]
+        link = (
+            f'<a href="{_e(c["run"])}/{REPORT_NAME}">{_e(c["client"])}</a>'
+            if c.get("run")
+            else _e(c.get("client"))
+        )
+        status_class = "bad" if c.get("status") == "failed" else ""
+        rows.append(
+            f'<tr><td>{_e(c.get("round"))}</td><th>{link}</th><td class="{status_class}">{_e(c.get("status"))}</td>'
+            f'<td class="num">{_e(c.get("num_examples", "–"))}</td>'
+            f"<td>{_e(_training_words(training))}</td><td>{_e(labels)}</td>{cells}"
+            f'<td class="note">{"<br>".join(_e(n) for n in notes)}</td></tr>'
+        )
+    table = (
+        '<div class="scroll"><table class="metrics"><thead><tr><th>round</th><th>client</th><th>status</th>'
+        f"<th>examples</th><th>local training</th><th>labels inferred</th>{head}<th>notes</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+    figures = []
+    for c in clients:
+        if not c.get("run"):
+            continue
+        run = _Run({}, audit_dir / c["run"])
+        parts = [("private images", "originals.png")] * (run.png("originals.png") is not None)
+        parts += [(a, f"{a}.png") for a in attacks]
+        cells = "".join(
+            f"<td>{_img_tag(run, file, name)}<figcaption>{_e(name)}</figcaption></td>" for name, file in parts
+        )
+        figures.append(
+            f'<tr><th class="row">round {_e(c["round"])}<br>client {_e(c["client"])}</th>{cells}</tr>'
+        )
+    scored = (
+        "scored against the private images (known in a simulation)"
+        if keys
+        else "not scored (no ground truth)"
+    )
+    sections = [
+        f'<h1>gifd audit of a Flower training</h1><p class="sub">victim {_e(audit.get("victim", "?"))}, '
+        f"attacks {_e(', '.join(attacks))}; {counts['attacked']} client updates attacked, {counts['queued']} "
+        f"in progress, {counts['skipped']} skipped, {counts['failed']} failed; made {_now()}</p>",
+        "<p>Each row is one client's update in one round: the server's global model and the client's reply "
+        "give the weight delta it shared; gifd replays the client's reported local training and reconstructs its "
+        f"private images from that delta. Reconstructions are {scored}.</p>",
+        "<h2>Clients</h2>" + table,
+        (
+            '<h2>What each client leaked</h2><div class="scroll"><table class="grid">'
+            + "".join(figures)
+            + "</table></div>"
+        )
+        if figures
+        else "",
+        f'<footer><h2>Audit config</h2><pre class="config">{_e(json.dumps(config, indent=2))}</pre></footer>',
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>gifd audit</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(s for s in sections if s)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def _training_words(training: dict[str, Any]) -> str:
+    if not training:
+        return "–"
+    words = f"{training.get('local_steps')} SGD steps, lr {training.get('local_lr')}, batch {training.get('local_batch_size')}"
+    return words + (f" ({training['epochs']} epochs)" if training.get("epochs") else "")
 
 
 # ------------------------------------------------------------------------------------ run access

@@ -1,0 +1,667 @@
+"""Audit a Flower federated training: attack the client updates a strategy receives.
+
+`audit_strategy(strategy, audit)` wraps any Flower strategy, of the Message API
+(`flwr.serverapp.strategy.Strategy`: configure_train / aggregate_train with ArrayRecords) or of the
+legacy API (`flwr.server.strategy.Strategy`: configure_fit / aggregate_fit with Parameters). The
+wrapper records the global model sent to each client, and when the client's reply arrives it
+hands (global model, reply, reported metadata) to a `FlowerAudit`, then lets the wrapped strategy
+aggregate the replies exactly as it would have. The audit turns each reply into a gifd FedAvg
+`Update` (delta = reply - global model) and attacks it in a background thread, so the round is
+not stalled; each attacked client becomes a gifd run under out/round_RRR/client_ID, and
+out/audit.json and out/report.html list every client the audit saw, updated as attacks finish.
+
+What the client reports (Flower metrics of its reply, or the train config the server sent) is
+read under the keys of `AuditConfig.keys`: examples, epochs or steps, batch size, learning rate,
+shuffle seed, and its input normalisation (mean and std). A client whose normalisation differs from
+the attacker's is never attacked with the wrong constants: the audit adopts the client's (default)
+or skips it, and says so in the report.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from gifd.attacks import ATTACKS
+from gifd.client import Update, save_update, victim_metadata
+from gifd.config import build_config
+from gifd.data import ImageSet
+from gifd.device import resolve_device
+from gifd.errors import GifdError, list_some
+from gifd.experiment import ExperimentConfig, attack_received_update
+from gifd.fedavg import LocalTraining
+from gifd.imageio import write_atomically
+from gifd.priors import StagedGenerator, create_prior
+from gifd.report import write_audit_report, write_report
+from gifd.victims import NORMALIZATIONS, Victim, create_victim, load_victim_state
+
+try:
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+    from flwr.common import FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
+    from flwr.server.client_manager import ClientManager
+    from flwr.server.client_proxy import ClientProxy
+    from flwr.server.strategy import Strategy as LegacyStrategy
+    from flwr.serverapp import Grid
+    from flwr.serverapp.strategy import Strategy
+    from flwr.serverapp.strategy.result import Result
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise GifdError(
+        "gifd.flower needs Flower: install it with pip install 'gifd[flower]' (flwr[simulation]==1.42.0)"
+    ) from exc
+
+log = logging.getLogger(__name__)
+
+#: Where the audit reads each local-training fact in a client's metrics or the train config.
+DEFAULT_KEYS: dict[str, str] = {
+    "num_examples": "num-examples",
+    "epochs": "local-epochs",
+    "local_steps": "local-steps",
+    "local_batch_size": "batch-size",
+    "local_lr": "lr",
+    "shuffle_seed": "shuffle-seed",
+    "mean": "norm-mean",
+    "std": "norm-std",
+}
+
+#: File name, inside a client's run directory, of the update the server received (gifd format).
+UPDATE_FILE = "update.pt"
+
+#: What happened to one client's update: attacked, skipped (by the options or the metadata), or
+#: failed (the attack raised).
+STATUSES = ("queued", "attacked", "skipped", "failed")
+
+
+class AuditConfig(BaseModel):
+    """What to attack and how: the model the federation trains, the attacks, which rounds/clients."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The trained model, as a gifd victim (architecture, input side, classes, normalisation).
+    victim: str = "lenet"
+    resolution: int = 32
+    num_classes: int = 10
+    normalization: str = "imagenet"
+    attacks: list[str] = Field(default_factory=lambda: ["gifd"])
+    prior: str = "digiface-dcgan64"
+    prior_weights: str | None = None
+    steps: int | None = None
+    restarts: int | None = None
+    attack_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    label_inference: Literal["unique", "count", "paper"] = "unique"
+    seed: int = 0
+    device: str = "auto"
+    #: Rounds to attack (None: every round) and at most this many clients per round (None: all).
+    rounds: list[int] | None = None
+    clients_per_round: int | None = None
+    #: Clients that trained on more examples than this are not attacked (inversion of a large
+    #: local data set in one update is out of reach); they are listed as skipped.
+    max_examples: int = 16
+    #: A client reporting another normalisation than `normalization`: attack with the client's
+    #: constants ("adopt") or do not attack it ("skip"). Either way the report says so.
+    on_normalization_mismatch: Literal["adopt", "skip"] = "adopt"
+    #: Metric / config keys the clients use (see DEFAULT_KEYS); give only the ones that differ.
+    keys: dict[str, str] = Field(default_factory=dict)
+
+    def key(self, name: str) -> str:
+        """The Flower key under which the clients report `name`."""
+        return self.keys.get(name, DEFAULT_KEYS[name])
+
+
+def audit_config(values: Mapping[str, Any], source: str = "audit config") -> AuditConfig:
+    """Validate settings into an AuditConfig (one-line errors naming the key)."""
+    config = build_config(AuditConfig, dict(values), source)
+    unknown = sorted(set(config.keys) - set(DEFAULT_KEYS))
+    if unknown:
+        raise GifdError(
+            f"{source}: unknown keys entries {list_some(unknown)}: use some of {', '.join(DEFAULT_KEYS)}"
+        )
+    return config
+
+
+@dataclass
+class ClientRound:
+    """One client's participation in one round, as the server saw it."""
+
+    round: int
+    client: str
+    global_state: dict[str, Tensor]
+    client_state: dict[str, Tensor]
+    #: The train config the server sent, overridden by the metrics the client reported.
+    reported: dict[str, Any]
+
+
+#: (round, client, reported metadata) -> the client's private images with labels, or None.
+#: Only a simulation knows them; with them the audit scores the reconstructions.
+TruthFn = Callable[[int, str, Mapping[str, Any]], ImageSet | None]
+
+
+@dataclass
+class _Pending:
+    state: dict[str, Tensor]
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class FlowerAudit:
+    """Attacks the client updates handed to it, in one background thread, and records the results.
+
+    `victim` overrides the model built from the config (any `Victim`, e.g. your own nn.Module
+    wrapped with its input size, class count and normalisation). `truth` scores reconstructions
+    in a simulation. `background=False` attacks inside the round (for debugging).
+    """
+
+    def __init__(
+        self,
+        config: AuditConfig,
+        out: str | Path,
+        *,
+        victim: Victim | None = None,
+        truth: TruthFn | None = None,
+        background: bool = True,
+        progress: bool = False,
+    ) -> None:
+        self.config = config
+        self.out = Path(out)
+        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
+            raise GifdError(
+                f"audit directory {self.out} exists and is not empty: pass a new or empty directory "
+                "(an audit never mixes its runs with others)"
+            )
+        self.device = resolve_device(config.device)
+        self.victim = victim or create_victim(
+            config.victim,
+            resolution=config.resolution,
+            num_classes=config.num_classes,
+            seed=config.seed,
+            normalization=config.normalization,
+            device=self.device,
+        )
+        self.victim.to(self.device)
+        self._state_names = list(self.victim.model.state_dict())
+        self.truth = truth
+        self.progress = progress
+        self.records: list[dict[str, Any]] = []
+        self._pending: dict[tuple[int, str], _Pending] = {}
+        self._futures: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self._executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="gifd-audit") if background else None
+        )
+        self._prior: StagedGenerator | None = None
+
+    # ------------------------------------------------------------------ what the strategy hands over
+    def sent(
+        self,
+        server_round: int,
+        client: str,
+        state: Mapping[str, Any] | Sequence[Any],
+        config: Mapping[str, Any],
+    ) -> None:
+        """Record the global model (and train config) the server sends `client` in `server_round`."""
+        if self._wanted_round(server_round):
+            self._pending[(server_round, client)] = _Pending(self._named(state, "global model"), dict(config))
+
+    def received(
+        self,
+        server_round: int,
+        client: str,
+        state: Mapping[str, Any] | Sequence[Any],
+        metrics: Mapping[str, Any],
+    ) -> None:
+        """Take `client`'s reply of `server_round` and queue its attack (or record why not)."""
+        pending = self._pending.pop((server_round, client), None)
+        if pending is None:
+            return  # a round not audited, or a reply to a message the wrapper did not see
+        reported = {**pending.config, **metrics}
+        record: dict[str, Any] = {
+            "round": server_round,
+            "client": client,
+            "status": "queued",
+            "warnings": [],
+            "reported": _plain(reported),
+        }
+        with self._lock:
+            attacked = sum(1 for r in self.records if r["round"] == server_round and r["status"] != "skipped")
+            self.records.append(record)
+        if self.config.clients_per_round is not None and attacked >= self.config.clients_per_round:
+            self._finish(record, "skipped", f"clients_per_round={self.config.clients_per_round} reached")
+            return
+        try:
+            job = ClientRound(
+                server_round,
+                client,
+                pending.state,
+                self._named(state, "client reply"),
+                reported,
+            )
+        except GifdError as exc:
+            self._finish(record, "failed", str(exc))
+            return
+        if self._executor is None:
+            self._attack(job, record)
+        else:
+            self._futures.append(self._executor.submit(self._attack, job, record))
+
+    def wait(self) -> list[dict[str, Any]]:
+        """Block until every queued attack has finished; return all records (one per client/round)."""
+        for future in list(self._futures):
+            future.result()
+        self._write_index()
+        return list(self.records)
+
+    def close(self) -> None:
+        """Finish the queued attacks and stop the worker thread."""
+        self.wait()
+        if self._executor is not None:
+            self._executor.shutdown()
+
+    # ------------------------------------------------------------------ the attack of one client
+    def _attack(self, job: ClientRound, record: dict[str, Any]) -> None:
+        fields: dict[str, Any] = {}  # applied to the record under the lock, when done
+        try:
+            victim, update, config, warnings = self.prepare(job)
+            fields["warnings"] = warnings
+            fields["num_examples"] = update.batch_size
+            fields["local_training"] = {
+                k: update.metadata[k]
+                for k in ("local_steps", "epochs", "local_lr", "local_batch_size", "shuffle_seed")
+            }
+            fields["normalization"] = {"mean": list(victim.mean), "std": list(victim.std)}
+            truth = self.truth(job.round, job.client, job.reported) if self.truth is not None else None
+            run_dir = self.out / f"round_{job.round:03d}" / f"client_{job.client}"
+            results = attack_received_update(
+                config,
+                victim,
+                update,
+                run_dir,
+                truth=truth,
+                prior=self._prior_for(config),
+                progress=self.progress,
+            )
+            save_update(update, run_dir / UPDATE_FILE)  # the evidence: what the server received
+            write_report(run_dir)
+            fields["run"] = str(run_dir.relative_to(self.out))
+            fields["inferred_labels"] = results["inferred_labels"]
+            if truth is not None:
+                fields["true_labels"] = results["true_labels"]
+                fields["label_accuracy"] = results["label_accuracy"]
+            fields["attacks"] = {
+                name: {k: v for k, v in summary.items() if k != "per_image"}
+                for name, summary in results["attacks"].items()
+            }
+            self._finish(record, "attacked", fields=fields)
+        except _SkipError as exc:
+            self._finish(record, "skipped", str(exc), fields=fields)
+        except GifdError as exc:
+            self._finish(record, "failed", str(exc), fields=fields)
+        except Exception as exc:  # an audit must never stall or crash the federation
+            log.exception("gifd audit of client %s in round %s failed", job.client, job.round)
+            self._finish(record, "failed", f"{exc.__class__.__name__}: {exc}", fields=fields)
+
+    def prepare(self, job: ClientRound) -> tuple[Victim, Update, ExperimentConfig, list[str]]:
+        """The victim at the global model, the client's FedAvg update, the attack config, warnings.
+
+        Raises `_SkipError` (a GifdError) when the options or the client's metadata rule the attack out.
+        """
+        warnings: list[str] = []
+        reported = job.reported
+        mean, std = self._normalization(reported, warnings)
+        examples = _integer(reported, self.config.key("num_examples"))
+        if examples is None:
+            raise _SkipError(
+                f"the client did not report its example count under {self.config.key('num_examples')!r}"
+            )
+        if examples > self.config.max_examples:
+            raise _SkipError(
+                f"{examples} examples exceed max_examples={self.config.max_examples}: "
+                "one update of that many images is beyond inversion; raise max_examples to try"
+            )
+        training = self._local_training(reported, examples, warnings)
+        model = copy.deepcopy(self.victim.model)
+        load_victim_state(model, job.global_state, self.victim.name, "the global model")
+        victim = dataclasses.replace(self.victim, model=model, mean=mean, std=std)
+        names = [name for name, _ in victim.named_parameters()]
+        params = set(names)
+        changed = [
+            k
+            for k, v in job.client_state.items()
+            if k not in params and v.is_floating_point() and not torch.equal(v, job.global_state[k])
+        ]
+        if changed:
+            warnings.append(
+                f"the client changed non-trained state ({list_some(changed, 3)}): it trained batch norm in train "
+                "mode; gifd replays eval-mode training, so this reconstruction understates the leak"
+            )
+        metadata = victim_metadata(victim)
+        metadata.update(training.to_metadata(examples))
+        metadata.update({"flower_round": job.round, "flower_client": job.client})
+        update = Update(
+            tensors={n: (job.client_state[n] - job.global_state[n]).to(self.device) for n in names},
+            batch_size=examples,
+            kind="delta",
+            metadata=metadata,
+        )
+        config = ExperimentConfig(
+            victim=victim.name,
+            resolution=victim.resolution,
+            num_classes=victim.num_classes,
+            normalization=_normalization_name(mean, std),
+            images=f"flower: round {job.round}, client {job.client}",
+            indices=list(range(examples)),
+            batch_size=examples,
+            attacks=self.config.attacks,
+            prior=self.config.prior,
+            prior_weights=self.config.prior_weights,
+            steps=self.config.steps,
+            restarts=self.config.restarts,
+            attack_settings=self.config.attack_settings,
+            local_steps=training.num_steps(examples),
+            local_lr=training.local_lr,
+            local_batch_size=training.batch_size_for(examples),
+            label_inference=self.config.label_inference,
+            seed=self.config.seed,
+            device=str(self.device),
+        )
+        return victim, update, config, warnings
+
+    def _normalization(
+        self, reported: Mapping[str, Any], warnings: list[str]
+    ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """The normalisation to attack with: the attacker's, unless the client reports another."""
+        ours = (tuple(self.victim.mean), tuple(self.victim.std))
+        mean_key, std_key = self.config.key("mean"), self.config.key("std")
+        mean, std = _triple(reported, mean_key), _triple(reported, std_key)
+        if mean is None or std is None:
+            warnings.append(
+                f"the client did not report its normalisation ({mean_key!r}, {std_key!r}); "
+                f"assumed the audit's {self.config.normalization} mean {list(ours[0])} std {list(ours[1])}"
+            )
+            return ours  # type: ignore[return-value]
+        if np.allclose(mean, ours[0], rtol=1e-5, atol=1e-6) and np.allclose(
+            std, ours[1], rtol=1e-5, atol=1e-6
+        ):
+            return ours  # type: ignore[return-value]
+        mismatch = (
+            f"normalisation mismatch: the client normalises with mean {list(mean)} std {list(std)}, "
+            f"the audit config says {self.config.normalization} (mean {list(ours[0])} std {list(ours[1])})"
+        )
+        if self.config.on_normalization_mismatch == "skip":
+            raise _SkipError(mismatch + "; not attacked (on_normalization_mismatch=skip)")
+        warnings.append(mismatch + "; attacked with the client's constants (on_normalization_mismatch=adopt)")
+        return mean, std
+
+    def _local_training(
+        self, reported: Mapping[str, Any], examples: int, warnings: list[str]
+    ) -> LocalTraining:
+        key = self.config.key
+        lr = reported.get(key("local_lr"))
+        if not isinstance(lr, int | float) or isinstance(lr, bool):
+            raise _SkipError(f"the client did not report its learning rate under {key('local_lr')!r}")
+        epochs, steps = _integer(reported, key("epochs")), _integer(reported, key("local_steps"))
+        if epochs is None and steps is None:
+            raise _SkipError(
+                f"the client reported neither local epochs ({key('epochs')!r}) nor steps ({key('local_steps')!r})"
+            )
+        batch = _integer(reported, key("local_batch_size"))
+        if batch is None:
+            warnings.append(
+                f"no local batch size ({key('local_batch_size')!r}) reported: assumed full-batch steps"
+            )
+        seed = _integer(reported, key("shuffle_seed"))
+        if seed is None and batch is not None and batch < examples:
+            warnings.append(
+                f"no shuffle seed ({key('shuffle_seed')!r}) reported: mini-batches replayed in the data's order"
+            )
+        return LocalTraining(
+            local_steps=None if epochs is not None else steps,
+            epochs=epochs,
+            local_lr=float(lr),
+            local_batch_size=None if batch is None else min(batch, examples),
+            shuffle_seed=seed,
+        )
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _wanted_round(self, server_round: int) -> bool:
+        return self.config.rounds is None or server_round in self.config.rounds
+
+    def _named(self, state: Mapping[str, Any] | Sequence[Any], what: str) -> dict[str, Tensor]:
+        """A {name: CPU tensor} copy of a Flower model: a name -> array mapping, or an array list in
+        the victim's state_dict order (the convention of the legacy NumPy clients)."""
+        if isinstance(state, Mapping):
+            named = {str(k): _tensor(v) for k, v in state.items()}
+        else:
+            arrays = list(state)
+            names = self._state_names
+            if len(arrays) != len(names):
+                params = [n for n, _ in self.victim.named_parameters()]
+                if len(arrays) != len(params):
+                    raise GifdError(
+                        f"the {what} is a list of {len(arrays)} arrays but victim {self.victim.name!r} has "
+                        f"{len(names)} state entries ({len(params)} parameters): send the model as "
+                        "[v.numpy() for v in model.state_dict().values()] of the audited architecture"
+                    )
+                names = params
+            named = {n: _tensor(a) for n, a in zip(names, arrays, strict=True)}
+        missing = [n for n, _ in self.victim.named_parameters() if n not in named]
+        if missing:
+            raise GifdError(
+                f"the {what} lacks parameters {list_some(missing)} of victim {self.victim.name!r}: "
+                "audit the architecture the federation trains (AuditConfig.victim / resolution / num_classes)"
+            )
+        return named
+
+    def _prior_for(self, config: ExperimentConfig) -> StagedGenerator | None:
+        if self._prior is None and any(ATTACKS.get(a).needs_prior for a in config.attacks):
+            self._prior = create_prior(config.prior, config.prior_weights, self.device)
+        return self._prior
+
+    def _finish(
+        self,
+        record: dict[str, Any],
+        status: str,
+        reason: str | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        with self._lock:
+            record.update(fields or {})
+            record["status"] = status
+            if reason is not None:
+                record["reason"] = reason
+        if reason is not None:
+            log.info(
+                "gifd audit: round %s client %s %s: %s", record["round"], record["client"], status, reason
+            )
+        self._write_index()
+
+    def _write_index(self) -> None:
+        with self._lock:
+            records = json.loads(json.dumps(self.records))
+            self.out.mkdir(parents=True, exist_ok=True)
+            document = {
+                "config": self.config.model_dump(mode="json"),
+                "victim": self.victim.name,
+                "clients": records,
+            }
+            text = json.dumps(document, indent=2).encode()
+            write_atomically(self.out / "audit.json", lambda handle: handle.write(text))
+            write_audit_report(self.out, document)
+
+
+class _SkipError(GifdError):
+    """The options or the client's metadata rule this client's attack out (not an error)."""
+
+
+# ---------------------------------------------------------------------------------- strategy wrappers
+class AuditedStrategy(Strategy):
+    """A Message-API strategy that attacks the updates its wrapped strategy aggregates, unchanged."""
+
+    def __init__(self, strategy: Strategy, audit: FlowerAudit) -> None:
+        self.strategy = strategy
+        self.audit = audit
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped strategy's settings (fraction_train, ...)
+        return getattr(self.__dict__["strategy"], name)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        for message in messages:
+            content = message.content
+            sent = _single(content.array_records, "ArrayRecord", "train message")
+            settings = {k: v for record in content.config_records.values() for k, v in record.items()}
+            self.audit.sent(server_round, str(message.metadata.dst_node_id), sent, settings)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        for reply in replies:
+            if reply.has_error():
+                continue
+            content = reply.content
+            try:
+                arrays = _single(content.array_records, "ArrayRecord", "train reply")
+            except GifdError as exc:
+                log.warning("gifd audit: %s", exc)
+                continue
+            metrics = {k: v for record in content.metric_records.values() for k, v in record.items()}
+            metrics.update({k: v for record in content.config_records.values() for k, v in record.items()})
+            self.audit.received(server_round, str(reply.metadata.src_node_id), arrays, metrics)
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Result:
+        """The wrapped strategy's training loop; returns once the audit's attacks have finished."""
+        result = super().start(grid, initial_arrays, *args, **kwargs)
+        self.audit.close()
+        return result
+
+
+class AuditedLegacyStrategy(LegacyStrategy):
+    """A legacy-API strategy (configure_fit / aggregate_fit) that attacks the updates it aggregates."""
+
+    def __init__(self, strategy: LegacyStrategy, audit: FlowerAudit) -> None:
+        self.strategy = strategy
+        self.audit = audit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["strategy"], name)
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.strategy.initialize_parameters(client_manager)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
+        for proxy, fit in instructions:
+            self.audit.sent(server_round, str(proxy.cid), parameters_to_ndarrays(fit.parameters), fit.config)
+        return instructions
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        for proxy, fit in results:
+            reported = {**fit.metrics, self.audit.config.key("num_examples"): fit.num_examples}
+            self.audit.received(
+                server_round, str(proxy.cid), parameters_to_ndarrays(fit.parameters), reported
+            )
+        return self.strategy.aggregate_fit(server_round, results, failures)
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> Any:
+        return self.strategy.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round: int, results: Any, failures: Any) -> Any:
+        return self.strategy.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> Any:
+        return self.strategy.evaluate(server_round, parameters)
+
+
+def audit_strategy(
+    strategy: Strategy | LegacyStrategy, audit: FlowerAudit
+) -> AuditedStrategy | AuditedLegacyStrategy:
+    """Wrap `strategy` (Message API or legacy) so that `audit` attacks the client updates it receives."""
+    if isinstance(strategy, Strategy):
+        return AuditedStrategy(strategy, audit)
+    if isinstance(strategy, LegacyStrategy):
+        return AuditedLegacyStrategy(strategy, audit)
+    raise GifdError(
+        f"cannot audit a {type(strategy).__name__}: pass a Flower strategy (flwr.serverapp.strategy or "
+        "flwr.server.strategy)"
+    )
+
+
+# ---------------------------------------------------------------------------------- small helpers
+def _single(records: Mapping[str, Any], kind: str, what: str) -> Any:
+    if len(records) != 1:
+        raise GifdError(f"a {what} holds {len(records)} {kind}s, the audit needs exactly one (the model)")
+    return next(iter(records.values()))
+
+
+def _tensor(value: Any) -> Tensor:
+    array = value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray | Tensor) else value
+    if isinstance(array, Tensor):
+        return array.detach().cpu().clone()
+    return torch.from_numpy(np.array(array, copy=True))
+
+
+def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-representable entries of Flower metrics/config (bytes and the like are left out)."""
+    return {k: v for k, v in values.items() if isinstance(v, str | int | float | bool | list)}
+
+
+def _integer(reported: Mapping[str, Any], key: str) -> int | None:
+    value = reported.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        return None
+    return int(value)
+
+
+def _triple(reported: Mapping[str, Any], key: str) -> tuple[float, float, float] | None:
+    """Three floats reported as a list or as comma-separated text (legacy metrics hold scalars)."""
+    value = reported.get(key)
+    if isinstance(value, str):
+        value = value.split(",")
+    try:
+        numbers = tuple(float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == 3 else None  # type: ignore[return-value]
+
+
+def _normalization_name(mean: Sequence[float], std: Sequence[float]) -> str:
+    """The named normalisation equal to (mean, std), else "custom"."""
+    for name, (m, s) in NORMALIZATIONS.items():
+        if np.allclose(mean, m, rtol=1e-5, atol=1e-6) and np.allclose(std, s, rtol=1e-5, atol=1e-6):
+            return name
+    return "custom"
