@@ -214,6 +214,15 @@ def test_a_client_that_reports_no_normalisation_is_attacked_with_a_warning(tmp_p
     assert record["status"] == "attacked"
     assert any("did not report its normalisation" in w for w in record["warnings"])
     assert record["inferred_labels"] == sorted(data.labels.tolist())
+    # Without the private images: the run holds the reconstructions alone, and its report says so.
+    run = tmp_path / "audit" / record["run"]
+    assert sorted(p.name for p in (run / "images").iterdir()) == ["ig_000.png", "ig_001.png"]
+    page = (run / "report.html").read_text()
+    assert (
+        "the private labels are unknown to this audit" in page
+        and "the global model the server sent in round 1" in page
+    )
+    assert '<th class="row">original</th>' not in page and page.count('alt="ig ') == 2
 
 
 def test_the_train_config_supplies_what_the_reply_does_not(tmp_path: Path) -> None:

@@ -357,6 +357,7 @@ class FlowerAudit:
             victim=victim.name,
             resolution=victim.resolution,
             num_classes=victim.num_classes,
+            victim_weights=f"the global model the server sent in round {job.round}",
             normalization=_normalization_name(mean, std),
             images=f"flower: round {job.round}, client {job.client}",
             indices=list(range(examples)),

@@ -254,12 +254,16 @@ class _Run:
         self.true_labels: list[int] = list(results.get("true_labels") or [])
         self.inferred_labels: list[int] = list(results.get("inferred_labels") or [])
         names = (results.get("images") or {}).get("names") or []
-        self.count = max(len(self.true_labels), len(names), self._count_pngs())
+        #: False for an audit of a received update: no private images, no true labels, no metrics.
+        self.has_truth = bool(results.get("images")) or self._count_pngs("original") > 0
+        reconstructed = max((self._count_pngs(a) for a in self.attacks), default=0)
+        self.count = max(len(self.true_labels), len(names), self._count_pngs("original"), reconstructed)
         self.names = [names[i] if i < len(names) else f"image {i}" for i in range(self.count)]
         self.batch_size = int(self.config.get("batch_size") or 1)
 
-    def _count_pngs(self) -> int:
-        return len(list((self.dir / "images").glob("original_*.png")))
+    def _count_pngs(self, prefix: str) -> int:
+        """How many images/<prefix>_NNN.png the run holds (stage images have another pattern)."""
+        return len(list((self.dir / "images").glob(f"{prefix}_[0-9][0-9][0-9].png")))
 
     def summary(self, attack: str) -> dict[str, Any]:
         return (self.results.get("attacks") or {}).get(attack) or {}
@@ -371,6 +375,8 @@ def _defense(config: dict[str, Any]) -> str:
 
 
 def _label_line(run: _Run) -> str:
+    if not run.has_truth:
+        return f"inferred {_e(_list(sorted(run.inferred_labels)))} (the private labels are unknown to this audit)"
     accuracy = run.results.get("label_accuracy")
     head = "n/a" if accuracy is None else f"<b>{100 * float(accuracy):.0f}%</b> of true labels recovered"
     pairs = []
@@ -466,18 +472,16 @@ def _grid_section(run: _Run) -> str:
         "<tr><th></th>"
         + "".join(
             f"<th>{i}: {_e(run.names[i])}<br><small>label {_e(_at(run.true_labels, i, '?'))}</small></th>"
+            if run.has_truth
+            else f"<th>{i}</th>"
             for i in range(run.count)
         )
         + "</tr>"
     )
-    rows = [
-        '<tr><th class="row">original</th>'
-        + "".join(
-            f"<td>{_img_tag(run, f'images/original_{i:03d}.png', f'original {i}')}</td>"
-            for i in range(run.count)
-        )
-        + "</tr>"
-    ]
+    originals = "".join(
+        f"<td>{_img_tag(run, f'images/original_{i:03d}.png', f'original {i}')}</td>" for i in range(run.count)
+    )
+    rows = [f'<tr><th class="row">original</th>{originals}</tr>'] if run.has_truth else []
     for attack in run.attacks:
         psnr = (run.summary(attack).get("per_image") or {}).get("psnr")
         cells = []
@@ -490,9 +494,14 @@ def _grid_section(run: _Run) -> str:
         rows.append(f'<tr><th class="row">{_e(attack)}</th>{"".join(cells)}</tr>')
     return (
         '<section id="images"><h2>Reconstructions</h2>\n'
-        "<p>First row: the client's private images (only the evaluation sees them). Below: each attack's "
-        "reconstruction, matched to its original, with its PSNR. Images are enlarged with nearest-neighbour "
-        "sampling, so every pixel shows as a square.</p>\n"
+        + (
+            "<p>First row: the client's private images (only the evaluation sees them). Below: each attack's "
+            "reconstruction, matched to its original, with its PSNR. "
+            if run.has_truth
+            else "<p>Each attack's reconstructions of the client's private images (not known to this audit, "
+            "so nothing is scored). "
+        )
+        + "Images are enlarged with nearest-neighbour sampling, so every pixel shows as a square.</p>\n"
         f'<div class="scroll"><table class="grid">\n<thead>{head}</thead>\n<tbody>\n'
         + "\n".join(rows)
         + "\n</tbody></table></div></section>"
