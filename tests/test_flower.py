@@ -300,6 +300,8 @@ def test_bad_audit_settings_are_refused(tmp_path: Path) -> None:
         audit_config({"keys": {"lr-key": "x"}})
     with pytest.raises(GifdError, match="on_normalization_mismatch"):
         audit_config({"on_normalization_mismatch": "ignore"})
+    with pytest.raises(GifdError, match="unknown attack 'gfid'"):
+        audit_config({"attacks": ["gfid"]})
     with pytest.raises(GifdError, match="pass a Flower strategy"):
         audit_strategy(object(), _audit(tmp_path))  # type: ignore[arg-type]
     used = tmp_path / "used"
@@ -307,3 +309,18 @@ def test_bad_audit_settings_are_refused(tmp_path: Path) -> None:
     (used / "audit.json").write_text("{}")
     with pytest.raises(GifdError, match="exists and is not empty: pass a new or empty directory"):
         FlowerAudit(audit_config({}), used)
+
+
+def test_the_wrappers_expose_the_wrapped_strategy(tmp_path: Path) -> None:
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
+    from flwr.serverapp.strategy import FedAvg
+
+    from gifd.flower import AuditedLegacyStrategy, AuditedStrategy
+
+    audit = _audit(tmp_path)
+    wrapped = audit_strategy(FedAvg(fraction_train=0.5), audit)
+    assert isinstance(wrapped, AuditedStrategy) and wrapped.fraction_train == 0.5
+    legacy = audit_strategy(LegacyFedAvg(min_fit_clients=3), audit)
+    assert isinstance(legacy, AuditedLegacyStrategy) and legacy.min_fit_clients == 3
+    with pytest.raises(AttributeError):
+        _ = wrapped.no_such_setting

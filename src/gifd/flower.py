@@ -79,10 +79,6 @@ DEFAULT_KEYS: dict[str, str] = {
 #: File name, inside a client's run directory, of the update the server received (gifd format).
 UPDATE_FILE = "update.pt"
 
-#: What happened to one client's update: attacked, skipped (by the options or the metadata), or
-#: failed (the attack raised).
-STATUSES = ("queued", "attacked", "skipped", "failed")
-
 
 class AuditConfig(BaseModel):
     """What to attack and how: the model the federation trains, the attacks, which rounds/clients."""
@@ -123,6 +119,8 @@ class AuditConfig(BaseModel):
 def audit_config(values: Mapping[str, Any], source: str = "audit config") -> AuditConfig:
     """Validate settings into an AuditConfig (one-line errors naming the key)."""
     config = build_config(AuditConfig, dict(values), source)
+    for name in [*config.attacks, *config.attack_settings]:
+        ATTACKS.get(name)  # an unknown attack fails here, naming the known ones
     unknown = sorted(set(config.keys) - set(DEFAULT_KEYS))
     if unknown:
         raise GifdError(
@@ -156,6 +154,10 @@ class _Pending:
 
 class FlowerAudit:
     """Attacks the client updates handed to it, in one background thread, and records the results.
+
+    One record per (round, client) it was handed, with a status: "queued" (attack pending),
+    "attacked", "skipped" (ruled out by the options or the client's metadata; `reason` says why)
+    or "failed" (the attack raised; `reason` holds the error).
 
     `victim` overrides the model built from the config (any `Victim`, e.g. your own nn.Module
     wrapped with its input size, class count and normalisation). `truth` scores reconstructions
@@ -337,7 +339,10 @@ class FlowerAudit:
         changed = [
             k
             for k, v in job.client_state.items()
-            if k not in params and v.is_floating_point() and not torch.equal(v, job.global_state[k])
+            if k not in params
+            and k in job.global_state
+            and v.is_floating_point()
+            and not torch.equal(v, job.global_state[k])
         ]
         if changed:
             warnings.append(
@@ -371,11 +376,21 @@ class FlowerAudit:
             local_steps=training.num_steps(examples),
             local_lr=training.local_lr,
             local_batch_size=training.batch_size_for(examples),
-            label_inference=self.config.label_inference,
+            label_inference=self._label_rule(examples, victim.num_classes, warnings),
             seed=self.config.seed,
             device=str(self.device),
         )
         return victim, update, config, warnings
+
+    def _label_rule(self, examples: int, num_classes: int, warnings: list[str]) -> str:
+        """The label-inference rule; "count" where more examples than classes forbid distinct labels."""
+        if self.config.label_inference == "count" or examples <= num_classes:
+            return self.config.label_inference
+        warnings.append(
+            f"{examples} examples but {num_classes} classes: labels repeat, so they were inferred with rule "
+            f"'count' instead of {self.config.label_inference!r}"
+        )
+        return "count"
 
     def _normalization(
         self, reported: Mapping[str, Any], warnings: list[str]
@@ -505,15 +520,22 @@ class _SkipError(GifdError):
 
 
 # ---------------------------------------------------------------------------------- strategy wrappers
-class AuditedStrategy(Strategy):
+class _Wrapper:
+    """Reads of attributes the wrapper lacks go to the wrapped strategy (fraction_train, ...)."""
+
+    def __getattr__(self, name: str) -> Any:
+        strategy = self.__dict__.get("strategy")
+        if strategy is None:
+            raise AttributeError(name)
+        return getattr(strategy, name)
+
+
+class AuditedStrategy(_Wrapper, Strategy):
     """A Message-API strategy that attacks the updates its wrapped strategy aggregates, unchanged."""
 
     def __init__(self, strategy: Strategy, audit: FlowerAudit) -> None:
         self.strategy = strategy
         self.audit = audit
-
-    def __getattr__(self, name: str) -> Any:  # the wrapped strategy's settings (fraction_train, ...)
-        return getattr(self.__dict__["strategy"], name)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -562,15 +584,12 @@ class AuditedStrategy(Strategy):
         return result
 
 
-class AuditedLegacyStrategy(LegacyStrategy):
+class AuditedLegacyStrategy(_Wrapper, LegacyStrategy):
     """A legacy-API strategy (configure_fit / aggregate_fit) that attacks the updates it aggregates."""
 
     def __init__(self, strategy: LegacyStrategy, audit: FlowerAudit) -> None:
         self.strategy = strategy
         self.audit = audit
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["strategy"], name)
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return self.strategy.initialize_parameters(client_manager)
