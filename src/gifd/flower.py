@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from gifd.attacks import ATTACKS
-from gifd.client import Update, save_update, victim_metadata
+from gifd.client import Update, atomic_torch_save, save_update, victim_metadata
 from gifd.config import build_config
 from gifd.data import ImageSet
 from gifd.device import resolve_device
@@ -78,6 +78,8 @@ DEFAULT_KEYS: dict[str, str] = {
 
 #: File name, inside a client's run directory, of the update the server received (gifd format).
 UPDATE_FILE = "update.pt"
+#: File name, inside a round's directory, of the global model the server sent (a state dict).
+GLOBAL_MODEL_FILE = "global_model.pt"
 
 
 class AuditConfig(BaseModel):
@@ -202,6 +204,7 @@ class FlowerAudit:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="gifd-audit") if background else None
         )
         self._prior: StagedGenerator | None = None
+        self._round_model: dict[int, dict[str, Tensor]] = {}
 
     # ------------------------------------------------------------------ what the strategy hands over
     def sent(
@@ -281,6 +284,8 @@ class FlowerAudit:
                 for k in ("local_steps", "epochs", "local_lr", "local_batch_size", "shuffle_seed")
             }
             fields["normalization"] = {"mean": list(victim.mean), "std": list(victim.std)}
+            weights = self._save_global_model(job)
+            config = config.model_copy(update={"victim_weights": str(weights.resolve())})
             truth = self.truth(job.round, job.client, job.reported) if self.truth is not None else None
             run_dir = self.out / f"round_{job.round:03d}" / f"client_{job.client}"
             results = attack_received_update(
@@ -362,7 +367,6 @@ class FlowerAudit:
             victim=victim.name,
             resolution=victim.resolution,
             num_classes=victim.num_classes,
-            victim_weights=f"the global model the server sent in round {job.round}",
             normalization=_normalization_name(mean, std),
             images=f"flower: round {job.round}, client {job.client}",
             indices=list(range(examples)),
@@ -381,6 +385,23 @@ class FlowerAudit:
             device=str(self.device),
         )
         return victim, update, config, warnings
+
+    def _save_global_model(self, job: ClientRound) -> Path:
+        """Save the global model `job`'s client started from, as a state dict gifd loads as victim
+        weights: once per round (round_RRR/global_model.pt), or beside it for a client that was
+        sent another model. With the client's update.pt it lets anyone re-run the attack."""
+        round_dir = self.out / f"round_{job.round:03d}"
+        state = job.global_state
+        shared = self._round_model.get(job.round)
+        if shared is None:
+            self._round_model = {job.round: state}  # rounds arrive in order: keep the current one
+            path = round_dir / GLOBAL_MODEL_FILE
+        elif shared.keys() == state.keys() and all(torch.equal(shared[k], v) for k, v in state.items()):
+            return round_dir / GLOBAL_MODEL_FILE
+        else:
+            path = round_dir / f"global_model_client_{job.client}.pt"
+        atomic_torch_save(state, path)
+        return path
 
     def _label_rule(self, examples: int, num_classes: int, warnings: list[str]) -> str:
         """The label-inference rule; "count" where more examples than classes forbid distinct labels."""
