@@ -64,3 +64,83 @@ def test_a_truth_that_does_not_fit_the_update_is_refused(received: tuple, tmp_pa
             config.model_copy(update={"attacks": ["nope"]}), victim, update, progress=False
         )
     assert torch.isfinite(update.tensors["fc.weight"]).all()
+
+
+# ------------------------------------------------------------------ gifd attack --update FILE
+def _saved(tmp_path: Path, **fedavg: int) -> Path:
+    from gifd.client import save_update
+    from gifd.fedavg import compute_fedavg_update
+
+    victim = create_victim("lenet", resolution=16, seed=3, normalization="cifar10")
+    private = load_images("builtin:cifar10", 16, [0, 3])
+    if fedavg:
+        update = compute_fedavg_update(victim, private.images, private.labels, local_lr=0.1, **fedavg)
+    else:
+        update = compute_update(victim, private.images, private.labels)
+    return save_update(update, tmp_path / "update.pt")
+
+
+def _attack(*args: str) -> int:
+    from gifd.cli import main
+
+    common = [
+        "--attack",
+        "ig",
+        "--steps",
+        "2",
+        "--restarts",
+        "1",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    return main(["attack", *args, *common])
+
+
+def test_cli_attacks_a_saved_update_with_the_victim_its_metadata_names(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    assert _attack("--update", str(path), "--out", str(tmp_path / "run")) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    config = results["config"]
+    assert (config["victim"], config["resolution"], config["normalization"]) == ("lenet", 16, "cifar10")
+    assert config["batch_size"] == 2 and "true_labels" not in results
+    assert sorted(results["inferred_labels"]) == [0, 3]  # cifar10 images 0 and 3: labels 3, 0
+    # With the private images named, the same update is scored against them.
+    assert (
+        _attack(
+            "--update",
+            str(path),
+            "--images",
+            "builtin:cifar10",
+            "--indices",
+            "0,3",
+            "--out",
+            str(tmp_path / "s"),
+        )
+        == 0
+    )
+    scored = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert scored["true_labels"] == [3, 0] and scored["label_accuracy"] == 1.0
+    assert len(scored["attacks"]["ig"]["per_image"]["psnr"]) == 2
+
+
+def test_cli_replays_a_saved_fedavg_delta_as_its_metadata_says(tmp_path: Path) -> None:
+    path = _saved(tmp_path, local_steps=3, local_batch_size=1)
+    assert _attack("--update", str(path), "--out", str(tmp_path / "run")) == 0
+    config = json.loads((tmp_path / "run" / "results.json").read_text())["config"]
+    assert (config["local_steps"], config["local_lr"], config["local_batch_size"]) == (3, 0.1, 1)
+
+
+def test_cli_refuses_client_settings_and_a_contradicting_normalisation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _saved(tmp_path)
+    assert _attack("--update", str(path), "--defense", "prune:0.5", "--out", str(tmp_path / "a")) == 2
+    assert "defense shape(s) an update gifd computes" in capsys.readouterr().err
+    assert _attack("--update", str(path), "--normalization", "imagenet", "--out", str(tmp_path / "b")) == 2
+    assert "normalised with mean [0.4914" in capsys.readouterr().err
+    assert _attack("--update", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "c")) == 2
+    assert "missing.pt not found" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abc")

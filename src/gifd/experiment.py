@@ -23,18 +23,18 @@ from pydantic import BaseModel, ConfigDict, Field
 import gifd
 from gifd.attacks import ATTACKS, LABEL_RULES, AttackResult, Target, infer_labels
 from gifd.attacks.labels import LabelRule
-from gifd.client import Update, compute_update, validate_update
+from gifd.client import Update, compute_update, load_update, validate_update
 from gifd.config import build_config
 from gifd.data import ImageSet, load_images
 from gifd.defenses import ClientContext, Defense, apply_defense, parse_defense, utility_cost
 from gifd.device import resolve_device, seed_everything
 from gifd.errors import GifdError
-from gifd.fedavg import compute_fedavg_update
+from gifd.fedavg import LocalTraining, compute_fedavg_update
 from gifd.imageio import save_grid, save_image
 from gifd.metrics import evaluate, label_accuracy
 from gifd.priors import StagedGenerator, create_prior
 from gifd.report import stage_image_name
-from gifd.victims import Victim, create_victim
+from gifd.victims import Victim, create_victim, normalization_name
 
 
 class ExperimentConfig(BaseModel):
@@ -72,6 +72,10 @@ class ExperimentConfig(BaseModel):
     local_lr: float = 1e-4
     local_batch_size: int | None = None
     label_inference: LabelRule = "unique"
+    #: A saved update to attack (gifd format, e.g. a Flower audit's update.pt) instead of one
+    #: computed from `images`. Its metadata gives the victim, resolution, classes and normalisation
+    #: unless set here; `images`, if set, are its private images (to score the reconstructions).
+    update: str | None = None
     #: Threat model: does the client disclose its labels with the update?
     disclose_labels: bool = False
     seed: int = 0
@@ -86,6 +90,8 @@ def run_experiment(
     The output directory appears complete or not at all: everything is written to a temporary
     directory beside it and renamed into place at the end.
     """
+    if config.update is not None:
+        return _attack_saved_update(config, out, progress)
     device = resolve_device(config.device)
     generator = seed_everything(config.seed)
     _check_attacks(config)
@@ -202,6 +208,80 @@ def attack_received_update(
         originals = None if truth is None else truth.images
         write_run(Path(out), results, originals, *_joined(reconstructions, stage_images, 1))
     return results
+
+
+#: Settings of the client's side: they shape an update gifd computes, not one it is given.
+CLIENT_SETTINGS = ("defense", "local_steps", "local_lr", "local_batch_size", "disclose_labels")
+
+
+def _attack_saved_update(config: ExperimentConfig, out: str | Path | None, progress: bool) -> dict[str, Any]:
+    """`run_experiment` for `config.update`: the victim from the update's metadata and the config,
+    the private images (scored only when `images` is set), then `attack_received_update`."""
+    given = config.model_fields_set
+    client_side = [key for key in CLIENT_SETTINGS if key in given]
+    if client_side:
+        raise GifdError(
+            f"{', '.join(client_side)} shape(s) an update gifd computes; the saved update {config.update} is "
+            "attacked as it was sent: drop them (attacking a defended update: --defense-knowledge)"
+        )
+    update = load_update(config.update, batch_size=config.batch_size if "batch_size" in given else None)
+    meta = update.metadata
+
+    def setting(key: str, default: Any) -> Any:
+        return getattr(config, key) if key in given or key not in meta else meta[key]
+
+    name, resolution = str(setting("victim", config.victim)), int(setting("resolution", config.resolution))
+    num_classes = int(setting("num_classes", config.num_classes) or 10)
+    normalization: Any = config.normalization
+    if "mean" in meta and "std" in meta:
+        sent = (tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"]))
+        if "normalization" in given and normalization_name(*sent) != config.normalization:
+            raise GifdError(
+                f"the update says its client normalised with mean {list(sent[0])} std {list(sent[1])}, "
+                f"not {config.normalization!r}: drop --normalization (the update's constants are used)"
+            )
+        normalization = sent
+    victim = create_victim(
+        name,
+        resolution=resolution,
+        num_classes=num_classes,
+        seed=config.seed,
+        normalization=normalization,
+        weights=config.victim_weights,
+        device=resolve_device(config.device),
+    )
+    truth = None
+    if "images" in given:
+        private = load_images(config.images, resolution, config.indices)
+        if config.labels is None and private.labels is None:
+            raise GifdError(f"{config.images} has no labels: pass --labels of the update's private images")
+        labels = private.labels if config.labels is None else torch.tensor(config.labels, dtype=torch.long)
+        truth = ImageSet(private.images, labels, private.names, num_classes, private.source)
+    record = {
+        "victim": name,
+        "resolution": resolution,
+        "num_classes": num_classes,
+        "normalization": normalization_name(victim.mean, victim.std),
+        "batch_size": update.batch_size,
+        "indices": config.indices if truth is not None else list(range(update.batch_size)),
+        "images": config.images if truth is not None else f"update {config.update}",
+        "disclose_labels": update.labels is not None,
+    }
+    if update.kind == "delta":
+        training = LocalTraining.from_update(update)
+        record.update(
+            local_steps=training.num_steps(update.batch_size),
+            local_lr=training.local_lr,
+            local_batch_size=training.batch_size_for(update.batch_size),
+        )
+    return attack_received_update(
+        config.model_copy(update=record),
+        victim,
+        update.to(victim.device),
+        out,
+        truth=truth,
+        progress=progress,
+    )
 
 
 def _results(

@@ -46,7 +46,7 @@ from gifd.fedavg import LocalTraining
 from gifd.imageio import write_atomically
 from gifd.priors import StagedGenerator, create_prior
 from gifd.report import write_audit_report, write_report
-from gifd.victims import NORMALIZATIONS, Victim, create_victim, load_victim_state
+from gifd.victims import Victim, create_victim, load_victim_state, normalization_name
 
 try:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -367,7 +367,7 @@ class FlowerAudit:
             victim=victim.name,
             resolution=victim.resolution,
             num_classes=victim.num_classes,
-            normalization=_normalization_name(mean, std),
+            normalization=normalization_name(mean, std),
             images=f"flower: round {job.round}, client {job.client}",
             indices=list(range(examples)),
             batch_size=examples,
@@ -698,11 +698,3 @@ def _triple(reported: Mapping[str, Any], key: str) -> tuple[float, float, float]
     except (TypeError, ValueError):
         return None
     return numbers if len(numbers) == 3 else None  # type: ignore[return-value]
-
-
-def _normalization_name(mean: Sequence[float], std: Sequence[float]) -> str:
-    """The named normalisation equal to (mean, std), else "custom"."""
-    for name, (m, s) in NORMALIZATIONS.items():
-        if np.allclose(mean, m, rtol=1e-5, atol=1e-6) and np.allclose(std, s, rtol=1e-5, atol=1e-6):
-            return name
-    return "custom"

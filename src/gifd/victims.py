@@ -8,7 +8,8 @@ size and class count; the random init is seeded so client and attacker build the
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,6 +215,17 @@ def create_victim(
         load_victim_weights(model, Path(weights).expanduser(), name)
     model.eval().to(device)
     return Victim(name=name, model=model, resolution=resolution, num_classes=num_classes, mean=mean, std=std)
+
+
+def normalization_name(mean: Sequence[float], std: Sequence[float]) -> str:
+    """The name of the normalisation with these constants (to 1e-5), else "custom"."""
+    for name, (m, s) in NORMALIZATIONS.items():
+        if all(
+            math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
+            for a, b in zip([*mean, *std], [*m, *s], strict=True)
+        ):
+            return name
+    return "custom"
 
 
 def _resolve_normalization(

@@ -71,6 +71,11 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     add("--local-batch-size", type=int, help="FedAvg local mini-batch size (default: the whole batch)")
     add("--label-inference", help=f"label inference rule: {', '.join(LABEL_RULES)} (default unique)")
     add(
+        "--update",
+        help="attack this saved update (e.g. a Flower audit's update.pt) instead of computing one; its "
+        "metadata gives victim, resolution and normalisation; --images then only scores",
+    )
+    add(
         "--disclose-labels",
         action="store_const",
         const=True,
@@ -116,9 +121,14 @@ def format_table(results: dict[str, Any]) -> str:
         rows.append([name] + [_fmt(summary.get(c)) for c in columns])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.append(
-        f"label accuracy {results['label_accuracy']:.2f} (inferred {results['inferred_labels']}, true {results['true_labels']})"
-    )
+    if "true_labels" in results:
+        lines.append(
+            f"label accuracy {results['label_accuracy']:.2f} (inferred {results['inferred_labels']}, true {results['true_labels']})"
+        )
+    else:
+        lines.append(
+            f"inferred labels {results['inferred_labels']} (no private images given: nothing scored)"
+        )
     return "\n".join(lines)
 
 
