@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,8 +256,12 @@ def test_clients_the_audit_cannot_replay_are_skipped_with_the_reason(
     assert record["status"] == "skipped" and reason in record["reason"]
 
 
-def test_rounds_and_clients_per_round_select_what_is_attacked(tmp_path: Path) -> None:
-    audit = _audit(tmp_path, rounds=[2], clients_per_round=1)
+@pytest.mark.parametrize("background", [False, True])
+def test_rounds_and_clients_per_round_select_what_is_attacked(tmp_path: Path, background: bool) -> None:
+    config = audit_config(
+        {"victim": "lenet", "resolution": 16, **AUDIT, "rounds": [2], "clients_per_round": 1}
+    )
+    audit = FlowerAudit(config, tmp_path / "audit", background=background)
     global_state, reply, metadata, _ = _client_reply()
     for server_round in (1, 2):
         for client in ("a", "b"):
@@ -278,8 +283,11 @@ def test_a_reply_of_another_architecture_fails_with_the_fix(tmp_path: Path) -> N
     (record,) = audit.wait()
     assert record["status"] == "failed" and "lacks parameters" in record["reason"]
     assert "AuditConfig.victim" in record["reason"]
-    with pytest.raises(GifdError, match=r"list of 2 arrays but victim 'lenet' has \d+ state entries"):
-        audit.sent(2, "7", [torch.zeros(1), torch.zeros(1)], {})
+    # A global model that cannot be read never stops the round: the client's record says why.
+    audit.sent(2, "7", [torch.zeros(1), torch.zeros(1)], {})
+    audit.received(2, "7", global_state, metadata)
+    assert audit.wait()[1]["status"] == "failed"
+    assert re.search(r"list of 2 arrays but victim 'lenet' has \d+ state entries", audit.records[1]["reason"])
 
 
 def test_batch_norm_trained_in_train_mode_is_reported(tmp_path: Path) -> None:
@@ -324,3 +332,49 @@ def test_the_wrappers_expose_the_wrapped_strategy(tmp_path: Path) -> None:
     assert isinstance(legacy, AuditedLegacyStrategy) and legacy.min_fit_clients == 3
     with pytest.raises(AttributeError):
         _ = wrapped.no_such_setting
+
+
+def test_the_audit_leaves_the_servers_random_state_alone(tmp_path: Path) -> None:
+    """Flower samples clients with Python's random module: an attack must not reseed it."""
+    import random
+
+    import numpy as np
+
+    audit = _audit(tmp_path)
+    global_state, reply, metadata, _ = _client_reply()
+    random.seed(123)
+    np.random.seed(123)
+    before = (random.getstate(), np.random.get_state()[1].copy(), torch.random.get_rng_state())
+    audit.sent(1, "7", global_state, {})
+    audit.received(1, "7", reply, metadata)
+    (record,) = audit.wait()
+    assert record["status"] == "attacked"
+    assert random.getstate() == before[0] and (np.random.get_state()[1] == before[1]).all()
+    assert torch.equal(torch.random.get_rng_state(), before[2])
+
+
+def test_models_sent_as_array_lists_and_clients_that_never_reply(tmp_path: Path) -> None:
+    """An ArrayRecord of a list has keys "0".."n-1": read in state_dict order. A client sent a
+    model but without a reply is recorded as skipped when the round ends. Config values JSON
+    cannot hold (bytes) are left out of the record."""
+    audit = _audit(tmp_path)
+    global_state, reply, metadata, _ = _client_reply()
+    as_list = {str(i): v for i, v in enumerate(global_state.values())}
+    audit.sent(1, "a", as_list, {"blob": [b"x"], "tag": "t"})
+    audit.sent(1, "b", global_state, {})
+    audit.received(1, "a", {str(i): v for i, v in enumerate(reply.values())}, metadata)
+    audit.end_round(1)
+    records = {r["client"]: r for r in audit.wait()}
+    assert records["a"]["status"] == "attacked" and records["a"]["reported"]["tag"] == "t"
+    assert "blob" not in records["a"]["reported"]
+    assert records["b"]["status"] == "skipped" and "no reply" in records["b"]["reason"]
+    assert json.loads((tmp_path / "audit" / "audit.json").read_text())["clients"][1]["client"] == "b"
+
+
+def test_a_message_the_wrapper_cannot_read_is_recorded_not_raised(tmp_path: Path) -> None:
+    audit = _audit(tmp_path)
+    _, reply, metadata, _ = _client_reply()
+    audit.refused(1, "7", "a train message holds 2 ArrayRecords, the audit needs exactly one (the model)")
+    audit.received(1, "7", reply, metadata)
+    (record,) = audit.wait()
+    assert record["status"] == "failed" and "holds 2 ArrayRecords" in record["reason"]

@@ -7,6 +7,7 @@ the client disclose. Labels are part of the update only when disclosed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -106,14 +107,29 @@ def compute_update(
 
 
 def victim_metadata(victim: Victim) -> dict[str, Any]:
-    """The plain facts about the victim a client reports with its update."""
+    """The plain facts about the victim a client reports with its update.
+
+    `weights_sha256` identifies the weights the update was computed on, so that attacking it with
+    another model (a wrong or missing --victim-weights) is refused instead of silently wrong.
+    """
     return {
         "victim": victim.name,
         "resolution": victim.resolution,
         "num_classes": victim.num_classes,
         "mean": list(victim.mean),
         "std": list(victim.std),
+        "weights_sha256": weights_fingerprint(victim),
     }
+
+
+def weights_fingerprint(victim: Victim) -> str:
+    """SHA-256 of the victim's parameters (names, shapes, float32 values, in order)."""
+    digest = hashlib.sha256()
+    for name, param in victim.named_parameters():
+        values = param.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(values.shape)};".encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def validate_update(update: Update, victim: Victim) -> None:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import gifd
 from gifd.attacks import ATTACKS, LABEL_RULES, AttackResult, Target, infer_labels
 from gifd.attacks.labels import LabelRule
-from gifd.client import Update, compute_update, load_update, validate_update
+from gifd.client import Update, compute_update, load_update, save_update, validate_update, weights_fingerprint
 from gifd.config import build_config
 from gifd.data import ImageSet, load_images
 from gifd.defenses import ClientContext, Defense, apply_defense, parse_defense, utility_cost
@@ -90,10 +90,10 @@ def run_experiment(
     The output directory appears complete or not at all: everything is written to a temporary
     directory beside it and renamed into place at the end.
     """
+    generator = seed_everything(config.seed)
     if config.update is not None:
         return _attack_saved_update(config, out, progress)
     device = resolve_device(config.device)
-    generator = seed_everything(config.seed)
     _check_attacks(config)
     defense = parse_defense(config.defense)
     if out is not None:
@@ -172,18 +172,25 @@ def attack_received_update(
     private images with their labels, known only in a simulation) adds the metrics; without it the
     run holds the reconstructions, inferred labels and gradient losses. `prior` reuses a loaded
     prior across calls. Returns the results dict in run_experiment's format and, with `out`, writes
-    the run there (all or nothing), so `gifd report` works on it.
+    the run there (all or nothing, the update included as update.pt), so `gifd report` works on it.
+
+    The batch size, disclosed labels and local training recorded are the update's own. Randomness
+    comes from a generator seeded with `config.seed`; the global seeds are left alone (a server
+    calling this from a thread keeps its own random sampling).
     """
     validate_update(update, victim)
     _check_attacks(config)
-    if truth is not None and (len(truth) != update.batch_size or truth.labels is None):
+    if truth is not None and truth.labels is None:
+        raise GifdError("the ground truth has no labels: give the client's images with their labels")
+    if truth is not None and len(truth) != update.batch_size:
         raise GifdError(
-            f"the ground truth holds {len(truth)} images {'without' if truth.labels is None else 'with'} labels "
-            f"but the update is of a batch of {update.batch_size}: give the client's images with their labels"
+            f"the ground truth holds {len(truth)} images but the update is of a batch of {update.batch_size}: "
+            "give exactly the client's images"
         )
     if out is not None:
         check_output_dir(Path(out))
-    generator = seed_everything(config.seed)
+    config = config.model_copy(update=_update_facts(update, config))
+    generator = torch.Generator().manual_seed(config.seed)
     if prior is None and any(ATTACKS.get(name).needs_prior for name in config.attacks):
         prior = create_prior(config.prior, config.prior_weights, victim.device)
     reconstructions: dict[str, list[torch.Tensor]] = {name: [] for name in config.attacks}
@@ -206,9 +213,29 @@ def attack_received_update(
         results["label_accuracy"] = batch["label_accuracy"]
     if out is not None:
         originals = None if truth is None else truth.images
-        write_run(Path(out), results, originals, *_joined(reconstructions, stage_images, 1))
+        write_run(Path(out), results, originals, *_joined(reconstructions, stage_images, 1), update=update)
     return results
 
+
+def _update_facts(update: Update, config: ExperimentConfig) -> dict[str, Any]:
+    """The config values an update fixes: batch size, disclosed labels, the local training."""
+    facts: dict[str, Any] = {"batch_size": update.batch_size, "disclose_labels": update.labels is not None}
+    if len(config.indices) != update.batch_size:
+        facts["indices"] = list(range(update.batch_size))
+    if update.kind == "delta":
+        training = LocalTraining.from_update(update)
+        facts.update(
+            local_steps=training.num_steps(update.batch_size),
+            local_lr=training.local_lr,
+            local_batch_size=training.batch_size_for(update.batch_size),
+        )
+    else:
+        facts.update(local_steps=None)
+    return facts
+
+
+#: File name, inside a run directory, of the attacked update when it was given (gifd format).
+UPDATE_FILE = "update.pt"
 
 #: Settings of the client's side: they shape an update gifd computes, not one it is given.
 CLIENT_SETTINGS = ("defense", "local_steps", "local_lr", "local_batch_size", "disclose_labels")
@@ -222,16 +249,16 @@ def _attack_saved_update(config: ExperimentConfig, out: str | Path | None, progr
     if client_side:
         raise GifdError(
             f"{', '.join(client_side)} shape(s) an update gifd computes; the saved update {config.update} is "
-            "attacked as it was sent: drop them (attacking a defended update: --defense-knowledge)"
+            "attacked as it was sent: drop them"
         )
     update = load_update(config.update, batch_size=config.batch_size if "batch_size" in given else None)
     meta = update.metadata
 
-    def setting(key: str, default: Any) -> Any:
+    def setting(key: str) -> Any:
         return getattr(config, key) if key in given or key not in meta else meta[key]
 
-    name, resolution = str(setting("victim", config.victim)), int(setting("resolution", config.resolution))
-    num_classes = int(setting("num_classes", config.num_classes) or 10)
+    name, resolution = str(setting("victim")), int(setting("resolution"))
+    num_classes = int(setting("num_classes") or 10)
     normalization: Any = config.normalization
     if "mean" in meta and "std" in meta:
         sent = (tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"]))
@@ -250,30 +277,25 @@ def _attack_saved_update(config: ExperimentConfig, out: str | Path | None, progr
         weights=config.victim_weights,
         device=resolve_device(config.device),
     )
+    if meta.get("weights_sha256") not in (None, weights_fingerprint(victim)):
+        raise GifdError(
+            f"the update {config.update} was computed on other weights than this victim's: pass the model "
+            "it started from as --victim-weights (a Flower audit saves it as round_RRR/global_model.pt)"
+        )
     truth = None
     if "images" in given:
         private = load_images(config.images, resolution, config.indices)
         if config.labels is None and private.labels is None:
             raise GifdError(f"{config.images} has no labels: pass --labels of the update's private images")
-        labels = private.labels if config.labels is None else torch.tensor(config.labels, dtype=torch.long)
+        labels = _private_labels(config, private, num_classes, torch.Generator())
         truth = ImageSet(private.images, labels, private.names, num_classes, private.source)
     record = {
         "victim": name,
         "resolution": resolution,
         "num_classes": num_classes,
         "normalization": normalization_name(victim.mean, victim.std),
-        "batch_size": update.batch_size,
-        "indices": config.indices if truth is not None else list(range(update.batch_size)),
         "images": config.images if truth is not None else f"update {config.update}",
-        "disclose_labels": update.labels is not None,
     }
-    if update.kind == "delta":
-        training = LocalTraining.from_update(update)
-        record.update(
-            local_steps=training.num_steps(update.batch_size),
-            local_lr=training.local_lr,
-            local_batch_size=training.batch_size_for(update.batch_size),
-        )
     return attack_received_update(
         config.model_copy(update=record),
         victim,
@@ -531,10 +553,12 @@ def write_run(
     originals: torch.Tensor | None,
     reconstructions: dict[str, torch.Tensor],
     stage_images: dict[str, dict[int, torch.Tensor]] | None = None,
+    update: Update | None = None,
 ) -> None:
     """Write results.json and image grids into `out`, all or nothing.
 
-    `originals` None (an audit without the private images) writes the reconstructions alone.
+    `originals` None (an audit without the private images) writes the reconstructions alone;
+    `update` (an attacked update the server received) is saved as update.pt.
 
     `stage_images[attack][stage]` (staged attacks) are the best images after each stage, saved as
     images/<attack>_stage<S>_NNN.png for the report's stage progression.
@@ -569,6 +593,8 @@ def write_run(
             for stage, images in by_stage.items():
                 for i, image in enumerate(images):
                     save_image(image, staging / stage_image_name(name, stage, i))
+        if update is not None:
+            save_update(update, staging / UPDATE_FILE)
         (staging / "results.json").write_text(json.dumps(results, indent=2))
         if out.exists():
             os.replace(out, old)

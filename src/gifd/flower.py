@@ -26,7 +26,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from gifd.attacks import ATTACKS
-from gifd.client import Update, atomic_torch_save, save_update, victim_metadata
+from gifd.client import Update, atomic_torch_save, victim_metadata
 from gifd.config import build_config
 from gifd.data import ImageSet
 from gifd.device import resolve_device
@@ -46,7 +46,7 @@ from gifd.fedavg import LocalTraining
 from gifd.imageio import write_atomically
 from gifd.priors import StagedGenerator, create_prior
 from gifd.report import write_audit_report, write_report
-from gifd.victims import Victim, create_victim, load_victim_state, normalization_name
+from gifd.victims import Victim, create_victim, load_victim_state, normalization_name, same_normalization
 
 try:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -64,6 +64,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 log = logging.getLogger(__name__)
 
+_KEY_FIX = ": have the clients report it, or map their key with AuditConfig.keys"
+_ARCHITECTURE_FIX = (
+    "audit the architecture the federation trains (AuditConfig.victim / resolution / num_classes)"
+)
+
 #: Where the audit reads each local-training fact in a client's metrics or the train config.
 DEFAULT_KEYS: dict[str, str] = {
     "num_examples": "num-examples",
@@ -76,8 +81,6 @@ DEFAULT_KEYS: dict[str, str] = {
     "std": "norm-std",
 }
 
-#: File name, inside a client's run directory, of the update the server received (gifd format).
-UPDATE_FILE = "update.pt"
 #: File name, inside a round's directory, of the global model the server sent (a state dict).
 GLOBAL_MODEL_FILE = "global_model.pt"
 
@@ -150,16 +153,22 @@ TruthFn = Callable[[int, str, Mapping[str, Any]], ImageSet | None]
 
 @dataclass
 class _Pending:
-    state: dict[str, Tensor]
-    config: dict[str, Any] = field(default_factory=dict)
+    """What the server sent one client, until its reply arrives."""
+
+    state: dict[str, Tensor] | None
+    config: dict[str, Any]
+    #: Why the sent model cannot be audited (the reply then gets a "failed" record).
+    error: str | None = None
 
 
 class FlowerAudit:
     """Attacks the client updates handed to it, in one background thread, and records the results.
 
     One record per (round, client) it was handed, with a status: "queued" (attack pending),
-    "attacked", "skipped" (ruled out by the options or the client's metadata; `reason` says why)
-    or "failed" (the attack raised; `reason` holds the error).
+    "attacked", "skipped" (ruled out by the options or the client's metadata, or no reply;
+    `reason` says why) or "failed" (the model or the attack raised; `reason` holds the error).
+    Whether a client is attacked is decided on the server's thread as its reply arrives (cheap
+    checks); only the attack itself runs in the background.
 
     `victim` overrides the model built from the config (any `Victim`, e.g. your own nn.Module
     wrapped with its input size, class count and normalisation). `truth` scores reconstructions
@@ -198,13 +207,17 @@ class FlowerAudit:
         self.progress = progress
         self.records: list[dict[str, Any]] = []
         self._pending: dict[tuple[int, str], _Pending] = {}
+        #: The last model object `sent` converted, and its tensors (one conversion per round).
+        self._last_sent: tuple[Any, dict[str, Tensor]] | None = None
         self._futures: list[Future[None]] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._executor = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="gifd-audit") if background else None
         )
         self._prior: StagedGenerator | None = None
-        self._round_model: dict[int, dict[str, Tensor]] = {}
+        #: The round whose global model round_RRR/global_model.pt holds, and that model.
+        self._round_model: tuple[int, dict[str, Tensor]] | None = None
 
     # ------------------------------------------------------------------ what the strategy hands over
     def sent(
@@ -215,8 +228,19 @@ class FlowerAudit:
         config: Mapping[str, Any],
     ) -> None:
         """Record the global model (and train config) the server sends `client` in `server_round`."""
+        if not self._wanted_round(server_round):
+            return
+        try:
+            if self._last_sent is None or self._last_sent[0] is not state:
+                self._last_sent = (state, self._named(state, "global model"))
+            self._pending[(server_round, client)] = _Pending(self._last_sent[1], dict(config))
+        except GifdError as exc:
+            self._pending[(server_round, client)] = _Pending(None, dict(config), error=str(exc))
+
+    def refused(self, server_round: int, client: str, reason: str) -> None:
+        """Record that `client`'s message of `server_round` cannot be audited, and why."""
         if self._wanted_round(server_round):
-            self._pending[(server_round, client)] = _Pending(self._named(state, "global model"), dict(config))
+            self._pending[(server_round, client)] = _Pending(None, {}, error=reason)
 
     def received(
         self,
@@ -230,60 +254,75 @@ class FlowerAudit:
         if pending is None:
             return  # a round not audited, or a reply to a message the wrapper did not see
         reported = {**pending.config, **metrics}
-        record: dict[str, Any] = {
-            "round": server_round,
-            "client": client,
-            "status": "queued",
-            "warnings": [],
-            "reported": _plain(reported),
-        }
-        with self._lock:
-            attacked = sum(1 for r in self.records if r["round"] == server_round and r["status"] != "skipped")
-            self.records.append(record)
-        if self.config.clients_per_round is not None and attacked >= self.config.clients_per_round:
-            self._finish(record, "skipped", f"clients_per_round={self.config.clients_per_round} reached")
-            return
+        record = self._new_record(server_round, client, reported)
         try:
+            if pending.error is not None:
+                raise GifdError(pending.error)
+            quota = self.config.clients_per_round
+            if quota is not None and self._attacked_in(server_round) >= quota:
+                raise _SkipError(f"clients_per_round={quota} reached")
+            assert pending.state is not None
             job = ClientRound(
-                server_round,
-                client,
-                pending.state,
-                self._named(state, "client reply"),
-                reported,
+                server_round, client, pending.state, self._named(state, "client reply"), reported
             )
+            prepared = self.prepare(job)
+        except _SkipError as exc:
+            self._finish(record, "skipped", str(exc))
+            return
         except GifdError as exc:
             self._finish(record, "failed", str(exc))
             return
+        with self._lock:
+            record["status"] = "queued"
         if self._executor is None:
-            self._attack(job, record)
+            self._attack(job, record, prepared)
         else:
-            self._futures.append(self._executor.submit(self._attack, job, record))
+            self._futures.append(self._executor.submit(self._attack, job, record, prepared))
+
+    def end_round(self, server_round: int) -> None:
+        """Close `server_round`: clients sent a model but without a reply are recorded as skipped."""
+        for key in [k for k in self._pending if k[0] == server_round]:
+            pending = self._pending.pop(key)
+            self._finish(
+                self._new_record(*key, pending.config), "skipped", "no reply (the client dropped out)"
+            )
 
     def wait(self) -> list[dict[str, Any]]:
         """Block until every queued attack has finished; return all records (one per client/round)."""
         for future in list(self._futures):
             future.result()
-        self._write_index()
-        return list(self.records)
+        self._write_index(report=True)
+        with self._lock:
+            return [dict(r) for r in self.records]
 
-    def close(self) -> None:
-        """Finish the queued attacks and stop the worker thread."""
-        self.wait()
+    def close(self) -> list[dict[str, Any]]:
+        """Finish the queued attacks, stop the worker thread and return all records.
+
+        The Message-API wrapper's `start` calls it; with a legacy strategy call it after training.
+        """
+        records = self.wait()
         if self._executor is not None:
             self._executor.shutdown()
+        return records
 
     # ------------------------------------------------------------------ the attack of one client
-    def _attack(self, job: ClientRound, record: dict[str, Any]) -> None:
-        fields: dict[str, Any] = {}  # applied to the record under the lock, when done
-        try:
-            victim, update, config, warnings = self.prepare(job)
-            fields["warnings"] = warnings
-            fields["num_examples"] = update.batch_size
-            fields["local_training"] = {
+    def _attack(
+        self,
+        job: ClientRound,
+        record: dict[str, Any],
+        prepared: tuple[Victim, Update, ExperimentConfig, list[str]],
+    ) -> None:
+        victim, update, config, warnings = prepared
+        fields: dict[str, Any] = {  # applied to the record under the lock, when done
+            "warnings": warnings,
+            "num_examples": update.batch_size,
+            "local_training": {
                 k: update.metadata[k]
                 for k in ("local_steps", "epochs", "local_lr", "local_batch_size", "shuffle_seed")
-            }
-            fields["normalization"] = {"mean": list(victim.mean), "std": list(victim.std)}
+            },
+            "normalization": {"mean": list(victim.mean), "std": list(victim.std)},
+        }
+        try:
             weights = self._save_global_model(job)
             config = config.model_copy(update={"victim_weights": str(weights.resolve())})
             truth = self.truth(job.round, job.client, job.reported) if self.truth is not None else None
@@ -297,7 +336,6 @@ class FlowerAudit:
                 prior=self._prior_for(config),
                 progress=self.progress,
             )
-            save_update(update, run_dir / UPDATE_FILE)  # the evidence: what the server received
             write_report(run_dir)
             fields["run"] = str(run_dir.relative_to(self.out))
             fields["inferred_labels"] = results["inferred_labels"]
@@ -308,14 +346,12 @@ class FlowerAudit:
                 name: {k: v for k, v in summary.items() if k != "per_image"}
                 for name, summary in results["attacks"].items()
             }
-            self._finish(record, "attacked", fields=fields)
-        except _SkipError as exc:
-            self._finish(record, "skipped", str(exc), fields=fields)
+            self._finish(record, "attacked", fields=fields, report=True)
         except GifdError as exc:
-            self._finish(record, "failed", str(exc), fields=fields)
+            self._finish(record, "failed", str(exc), fields=fields, report=True)
         except Exception as exc:  # an audit must never stall or crash the federation
             log.exception("gifd audit of client %s in round %s failed", job.client, job.round)
-            self._finish(record, "failed", f"{exc.__class__.__name__}: {exc}", fields=fields)
+            self._finish(record, "failed", f"{exc.__class__.__name__}: {exc}", fields=fields, report=True)
 
     def prepare(self, job: ClientRound) -> tuple[Victim, Update, ExperimentConfig, list[str]]:
         """The victim at the global model, the client's FedAvg update, the attack config, warnings.
@@ -328,7 +364,7 @@ class FlowerAudit:
         examples = _integer(reported, self.config.key("num_examples"))
         if examples is None:
             raise _SkipError(
-                f"the client did not report its example count under {self.config.key('num_examples')!r}"
+                f"the client did not report its example count under {self.config.key('num_examples')!r}{_KEY_FIX}"
             )
         if examples > self.config.max_examples:
             raise _SkipError(
@@ -337,7 +373,9 @@ class FlowerAudit:
             )
         training = self._local_training(reported, examples, warnings)
         model = copy.deepcopy(self.victim.model)
-        load_victim_state(model, job.global_state, self.victim.name, "the global model")
+        load_victim_state(
+            model, job.global_state, self.victim.name, "the global model's tensors", _ARCHITECTURE_FIX
+        )
         victim = dataclasses.replace(self.victim, model=model, mean=mean, std=std)
         names = [name for name, _ in victim.named_parameters()]
         params = set(names)
@@ -369,17 +407,12 @@ class FlowerAudit:
             num_classes=victim.num_classes,
             normalization=normalization_name(mean, std),
             images=f"flower: round {job.round}, client {job.client}",
-            indices=list(range(examples)),
-            batch_size=examples,
             attacks=self.config.attacks,
             prior=self.config.prior,
             prior_weights=self.config.prior_weights,
             steps=self.config.steps,
             restarts=self.config.restarts,
             attack_settings=self.config.attack_settings,
-            local_steps=training.num_steps(examples),
-            local_lr=training.local_lr,
-            local_batch_size=training.batch_size_for(examples),
             label_inference=self._label_rule(examples, victim.num_classes, warnings),
             seed=self.config.seed,
             device=str(self.device),
@@ -392,11 +425,13 @@ class FlowerAudit:
         sent another model. With the client's update.pt it lets anyone re-run the attack."""
         round_dir = self.out / f"round_{job.round:03d}"
         state = job.global_state
-        shared = self._round_model.get(job.round)
-        if shared is None:
-            self._round_model = {job.round: state}  # rounds arrive in order: keep the current one
+        if self._round_model is None or self._round_model[0] != job.round:
+            self._round_model = (job.round, state)  # rounds arrive in order: keep the current one
             path = round_dir / GLOBAL_MODEL_FILE
-        elif shared.keys() == state.keys() and all(torch.equal(shared[k], v) for k, v in state.items()):
+        elif self._round_model[1] is state or (
+            self._round_model[1].keys() == state.keys()
+            and all(torch.equal(self._round_model[1][k], v) for k, v in state.items())
+        ):
             return round_dir / GLOBAL_MODEL_FILE
         else:
             path = round_dir / f"global_model_client_{job.client}.pt"
@@ -426,9 +461,7 @@ class FlowerAudit:
                 f"assumed the audit's {self.config.normalization} mean {list(ours[0])} std {list(ours[1])}"
             )
             return ours  # type: ignore[return-value]
-        if np.allclose(mean, ours[0], rtol=1e-5, atol=1e-6) and np.allclose(
-            std, ours[1], rtol=1e-5, atol=1e-6
-        ):
+        if same_normalization((mean, std), ours):
             return ours  # type: ignore[return-value]
         mismatch = (
             f"normalisation mismatch: the client normalises with mean {list(mean)} std {list(std)}, "
@@ -445,11 +478,14 @@ class FlowerAudit:
         key = self.config.key
         lr = reported.get(key("local_lr"))
         if not isinstance(lr, int | float) or isinstance(lr, bool):
-            raise _SkipError(f"the client did not report its learning rate under {key('local_lr')!r}")
+            raise _SkipError(
+                f"the client did not report its learning rate under {key('local_lr')!r}{_KEY_FIX}"
+            )
         epochs, steps = _integer(reported, key("epochs")), _integer(reported, key("local_steps"))
         if epochs is None and steps is None:
             raise _SkipError(
                 f"the client reported neither local epochs ({key('epochs')!r}) nor steps ({key('local_steps')!r})"
+                f"{_KEY_FIX}"
             )
         batch = _integer(reported, key("local_batch_size"))
         if batch is None:
@@ -461,41 +497,42 @@ class FlowerAudit:
             warnings.append(
                 f"no shuffle seed ({key('shuffle_seed')!r}) reported: mini-batches replayed in the data's order"
             )
-        return LocalTraining(
-            local_steps=None if epochs is not None else steps,
-            epochs=epochs,
-            local_lr=float(lr),
-            local_batch_size=None if batch is None else min(batch, examples),
-            shuffle_seed=seed,
-        )
+        try:
+            return LocalTraining(
+                local_steps=None if epochs is not None else steps,
+                epochs=epochs,
+                local_lr=float(lr),
+                local_batch_size=None if batch is None else min(batch, examples),
+                shuffle_seed=seed,
+            )
+        except GifdError as exc:
+            raise _SkipError(f"the client's reported local training cannot be replayed: {exc}") from exc
 
     # ------------------------------------------------------------------ bookkeeping
     def _wanted_round(self, server_round: int) -> bool:
         return self.config.rounds is None or server_round in self.config.rounds
 
     def _named(self, state: Mapping[str, Any] | Sequence[Any], what: str) -> dict[str, Tensor]:
-        """A {name: CPU tensor} copy of a Flower model: a name -> array mapping, or an array list in
-        the victim's state_dict order (the convention of the legacy NumPy clients)."""
+        """A {name: CPU tensor} copy of a Flower model: a name -> array mapping, or arrays in the
+        victim's state_dict order (legacy NumPy clients; an ArrayRecord of a list has keys "0".."n-1")."""
+        if isinstance(state, Mapping) and [str(k) for k in state] == [str(i) for i in range(len(state))]:
+            state = list(state.values())
         if isinstance(state, Mapping):
             named = {str(k): _tensor(v) for k, v in state.items()}
         else:
             arrays = list(state)
-            names = self._state_names
-            if len(arrays) != len(names):
-                params = [n for n, _ in self.victim.named_parameters()]
-                if len(arrays) != len(params):
-                    raise GifdError(
-                        f"the {what} is a list of {len(arrays)} arrays but victim {self.victim.name!r} has "
-                        f"{len(names)} state entries ({len(params)} parameters): send the model as "
-                        "[v.numpy() for v in model.state_dict().values()] of the audited architecture"
-                    )
-                names = params
-            named = {n: _tensor(a) for n, a in zip(names, arrays, strict=True)}
+            if len(arrays) != len(self._state_names):
+                raise GifdError(
+                    f"the {what} is a list of {len(arrays)} arrays but victim {self.victim.name!r} has "
+                    f"{len(self._state_names)} state entries: send the model as "
+                    "[v.numpy() for v in model.state_dict().values()] of the audited architecture"
+                )
+            named = {n: _tensor(a) for n, a in zip(self._state_names, arrays, strict=True)}
         missing = [n for n, _ in self.victim.named_parameters() if n not in named]
         if missing:
             raise GifdError(
                 f"the {what} lacks parameters {list_some(missing)} of victim {self.victim.name!r}: "
-                "audit the architecture the federation trains (AuditConfig.victim / resolution / num_classes)"
+                f"{_ARCHITECTURE_FIX}"
             )
         return named
 
@@ -504,12 +541,34 @@ class FlowerAudit:
             self._prior = create_prior(config.prior, config.prior_weights, self.device)
         return self._prior
 
+    def _new_record(self, server_round: int, client: str, reported: Mapping[str, Any]) -> dict[str, Any]:
+        record = {
+            "round": server_round,
+            "client": client,
+            "status": "new",
+            "warnings": [],
+            "reported": _plain(reported),
+        }
+        with self._lock:
+            self.records.append(record)
+        return record
+
+    def _attacked_in(self, server_round: int) -> int:
+        """Clients of `server_round` queued or attacked so far (what `clients_per_round` counts)."""
+        with self._lock:
+            return sum(
+                1
+                for r in self.records
+                if r["round"] == server_round and r["status"] in ("queued", "attacked")
+            )
+
     def _finish(
         self,
         record: dict[str, Any],
         status: str,
         reason: str | None = None,
         fields: dict[str, Any] | None = None,
+        report: bool = False,
     ) -> None:
         with self._lock:
             record.update(fields or {})
@@ -520,20 +579,26 @@ class FlowerAudit:
             log.info(
                 "gifd audit: round %s client %s %s: %s", record["round"], record["client"], status, reason
             )
-        self._write_index()
+        self._write_index(report)
 
-    def _write_index(self) -> None:
-        with self._lock:
-            records = json.loads(json.dumps(self.records))
+    def _write_index(self, report: bool) -> None:
+        """Rewrite audit.json and, with `report` (after an attack, and at `wait`), report.html.
+
+        A snapshot is taken under the lock; the (slower) writing happens outside it, serialised by
+        its own lock so that an older snapshot never overwrites a newer one.
+        """
+        with self._write_lock:
+            with self._lock:
+                document = {
+                    "config": self.config.model_dump(mode="json"),
+                    "victim": self.victim.name,
+                    "clients": json.loads(json.dumps(self.records)),
+                }
             self.out.mkdir(parents=True, exist_ok=True)
-            document = {
-                "config": self.config.model_dump(mode="json"),
-                "victim": self.victim.name,
-                "clients": records,
-            }
             text = json.dumps(document, indent=2).encode()
             write_atomically(self.out / "audit.json", lambda handle: handle.write(text))
-            write_audit_report(self.out, document)
+            if report:
+                write_audit_report(self.out, document)
 
 
 class _SkipError(GifdError):
@@ -563,10 +628,14 @@ class AuditedStrategy(_Wrapper, Strategy):
     ) -> Iterable[Message]:
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         for message in messages:
-            content = message.content
-            sent = _single(content.array_records, "ArrayRecord", "train message")
+            content, client = message.content, str(message.metadata.dst_node_id)
             settings = {k: v for record in content.config_records.values() for k, v in record.items()}
-            self.audit.sent(server_round, str(message.metadata.dst_node_id), sent, settings)
+            try:
+                sent = _single(content.array_records, "ArrayRecord", "train message")
+            except GifdError as exc:
+                self.audit.refused(server_round, client, str(exc))
+                continue
+            self.audit.sent(server_round, client, sent, settings)
         return messages
 
     def aggregate_train(
@@ -576,15 +645,16 @@ class AuditedStrategy(_Wrapper, Strategy):
         for reply in replies:
             if reply.has_error():
                 continue
-            content = reply.content
+            content, client = reply.content, str(reply.metadata.src_node_id)
             try:
                 arrays = _single(content.array_records, "ArrayRecord", "train reply")
             except GifdError as exc:
-                log.warning("gifd audit: %s", exc)
-                continue
+                self.audit.refused(server_round, client, str(exc))
+                arrays = {}
             metrics = {k: v for record in content.metric_records.values() for k, v in record.items()}
             metrics.update({k: v for record in content.config_records.values() for k, v in record.items()})
-            self.audit.received(server_round, str(reply.metadata.src_node_id), arrays, metrics)
+            self.audit.received(server_round, client, arrays, metrics)
+        self.audit.end_round(server_round)
         return self.strategy.aggregate_train(server_round, replies)
 
     def configure_evaluate(
@@ -634,6 +704,7 @@ class AuditedLegacyStrategy(_Wrapper, LegacyStrategy):
             self.audit.received(
                 server_round, str(proxy.cid), parameters_to_ndarrays(fit.parameters), reported
             )
+        self.audit.end_round(server_round)
         return self.strategy.aggregate_fit(server_round, results, failures)
 
     def configure_evaluate(
@@ -678,7 +749,12 @@ def _tensor(value: Any) -> Tensor:
 
 def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON-representable entries of Flower metrics/config (bytes and the like are left out)."""
-    return {k: v for k, v in values.items() if isinstance(v, str | int | float | bool | list)}
+    scalar = str | int | float | bool
+    return {
+        k: v
+        for k, v in values.items()
+        if isinstance(v, scalar) or (isinstance(v, list) and all(isinstance(x, scalar) for x in v))
+    }
 
 
 def _integer(reported: Mapping[str, Any], key: str) -> int | None:

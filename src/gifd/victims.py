@@ -217,15 +217,22 @@ def create_victim(
     return Victim(name=name, model=model, resolution=resolution, num_classes=num_classes, mean=mean, std=std)
 
 
+Normalization = tuple[Sequence[float], Sequence[float]]
+
+
+def same_normalization(a: Normalization, b: Normalization) -> bool:
+    """Whether two (mean, std) pairs are the same constants (to 1e-5 relative)."""
+    first, second = [*a[0], *a[1]], [*b[0], *b[1]]
+    return len(first) == len(second) and all(
+        math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-6) for x, y in zip(first, second, strict=True)
+    )
+
+
 def normalization_name(mean: Sequence[float], std: Sequence[float]) -> str:
-    """The name of the normalisation with these constants (to 1e-5), else "custom"."""
-    for name, (m, s) in NORMALIZATIONS.items():
-        if all(
-            math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
-            for a, b in zip([*mean, *std], [*m, *s], strict=True)
-        ):
-            return name
-    return "custom"
+    """The name of the normalisation with these constants, else "custom"."""
+    return next(
+        (name for name, pair in NORMALIZATIONS.items() if same_normalization((mean, std), pair)), "custom"
+    )
 
 
 def _resolve_normalization(
@@ -254,20 +261,25 @@ def load_victim_weights(model: nn.Module, path: Path, name: str) -> None:
     load_victim_state(model, state, name, f"victim weights {path}")
 
 
-def load_victim_state(model: nn.Module, state: dict[str, Tensor], name: str, source: str) -> None:
-    """Load `state` into `model` strictly; errors name `source`, the mismatched keys or shapes and the fix."""
+def load_victim_state(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    name: str,
+    source: str,
+    fix: str = "check --victim, --resolution and --num-classes",
+) -> None:
+    """Load `state` into `model` strictly; errors name `source` (a plural noun phrase), the
+    mismatched keys or shapes and `fix`."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise GifdError(
-            f"{source} do not fit {name!r}: missing {list_some(missing)}, unexpected {list_some(unexpected)}; "
-            "check --victim, --resolution and --num-classes"
+            f"{source} do not fit {name!r}: missing {list_some(missing)}, unexpected {list_some(unexpected)}; {fix}"
         )
     for key, tensor in expected.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise GifdError(
-                f"{source}: {key} has shape {tuple(state[key].shape)}, {name!r} expects "
-                f"{tuple(tensor.shape)}; check --resolution and --num-classes"
+                f"{source}: {key} has shape {tuple(state[key].shape)}, {name!r} expects {tuple(tensor.shape)}; {fix}"
             )
     model.load_state_dict(state)

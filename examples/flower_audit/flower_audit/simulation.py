@@ -76,8 +76,7 @@ def run(
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
     if flower_audit is not None:
-        result.audit = flower_audit.wait()
-        flower_audit.close()
+        result.audit = flower_audit.close()  # the legacy API has no end-of-training hook
     return result
 
 
@@ -105,7 +104,7 @@ def _audit(
 
 
 def _state(arrays: Any) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.array(v.numpy(), copy=True)) for k, v in arrays.items()}
+    return {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
 
 
 def _message_apps(
