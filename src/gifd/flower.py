@@ -272,6 +272,12 @@ class FlowerAudit:
         except GifdError as exc:
             self._finish(record, "failed", str(exc))
             return
+        except Exception as exc:  # never let the audit stop the round
+            log.exception(
+                "gifd audit could not take the reply of client %s in round %s", client, server_round
+            )
+            self._finish(record, "failed", f"{exc.__class__.__name__}: {exc}")
+            return
         with self._lock:
             record["status"] = "queued"
         if self._executor is None:
