@@ -20,6 +20,6 @@ def train_on_private_images(msg: Message, context: Context) -> Message:
     data = partition(pid, count, int(settings["images-per-client"]), int(settings["resolution"]))
     metrics = train(victim, data, settings)
     # Simulation only: lets the audit score reconstructions against this client's images.
-    metrics["partition-id"] = pid
+    metrics["partition-id"], metrics["num-partitions"] = pid, count
     reply = RecordDict({"arrays": ArrayRecord(victim.model.state_dict()), "metrics": MetricRecord(metrics)})
     return Message(content=reply, reply_to=msg)

@@ -34,7 +34,7 @@ class PrivateImagesClient(NumPyClient):
         # Legacy metrics are scalars: the normalisation travels as comma-separated text.
         metrics["norm-mean"] = ",".join(str(v) for v in metrics["norm-mean"])
         metrics["norm-std"] = ",".join(str(v) for v in metrics["norm-std"])
-        metrics["partition-id"] = self.partition_id
+        metrics["partition-id"], metrics["num-partitions"] = self.partition_id, self.num_partitions
         examples = metrics.pop("num-examples")
         return [v.detach().numpy() for v in victim.model.state_dict().values()], examples, metrics
 

@@ -11,19 +11,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent.parent
+from flower_audit.server_app import make_audit, train
+from flower_audit.task import DEFAULT_SETTINGS
 
-#: Settings the server sends the clients each round (Flower train config).
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "victim": "lenet",
-    "resolution": 32,
-    "images-per-client": 2,
-    "lr": 0.01,
-    "local-epochs": 1,
-    "batch-size": 2,
-    "shuffle-seed": 0,
-    "normalization": "imagenet",
-}
+HERE = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -64,7 +55,11 @@ def run(
 
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
     result = SimulationResult()
-    flower_audit = _audit(audit, out, clients, settings, progress) if audit is not None else None
+    flower_audit = (
+        make_audit(audit, out or "runs/flower-audit", clients, settings, progress)
+        if audit is not None
+        else None
+    )
     if api == "message":
         server, client = _message_apps(settings, rounds, clients, flower_audit, result)
     else:
@@ -80,29 +75,6 @@ def run(
     return result
 
 
-def _audit(
-    values: Mapping[str, Any],
-    out: str | Path | None,
-    clients: int,
-    settings: Mapping[str, Any],
-    progress: bool,
-) -> Any:
-    from flower_audit.task import partition
-    from gifd.flower import FlowerAudit, audit_config
-
-    config = audit_config(
-        {"victim": settings["victim"], "resolution": settings["resolution"], **values},
-        "flower audit settings",
-    )
-    per_client, resolution = int(settings["images-per-client"]), int(settings["resolution"])
-
-    def truth(server_round: int, client: str, reported: Mapping[str, Any]) -> Any:
-        pid = reported.get("partition-id")  # reported by the simulated clients only
-        return None if pid is None else partition(int(pid), clients, per_client, resolution)
-
-    return FlowerAudit(config, out or "runs/flower-audit", truth=truth, progress=progress)
-
-
 def _state(arrays: Any) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
 
@@ -110,34 +82,19 @@ def _state(arrays: Any) -> dict[str, torch.Tensor]:
 def _message_apps(
     settings: dict[str, Any], rounds: int, clients: int, audit: Any, result: SimulationResult
 ) -> tuple[Any, Any]:
-    from flwr.app import ArrayRecord, ConfigRecord, Context
+    from flwr.app import ArrayRecord, Context
     from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
 
     from flower_audit.client_app import app as client_app
-    from flower_audit.task import build_model
 
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy: Any = FedAvg(fraction_evaluate=0.0, min_train_nodes=clients, min_available_nodes=clients)
-        if audit is not None:
-            from gifd.flower import audit_strategy
-
-            strategy = audit_strategy(strategy, audit)
-
         def record(server_round: int, arrays: ArrayRecord) -> None:
             result.global_models[server_round] = _state(arrays)
 
-        initial = ArrayRecord(build_model(settings).model.state_dict())
-        strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=rounds,
-            train_config=ConfigRecord(settings),
-            evaluate_fn=record,
-        )
+        train(grid, settings, rounds, clients, audit, evaluate_fn=record)
 
     return server, client_app
 

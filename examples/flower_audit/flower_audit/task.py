@@ -19,6 +19,18 @@ from gifd.victims import NORMALIZATIONS, Victim, create_victim
 
 SOURCE = "builtin:cifar10"
 
+#: Settings the server sends the clients each round (Flower train config).
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "victim": "lenet",
+    "resolution": 32,
+    "images-per-client": 2,
+    "lr": 0.01,
+    "local-epochs": 1,
+    "batch-size": 2,
+    "shuffle-seed": 0,
+    "normalization": "imagenet",
+}
+
 
 def partition(partition_id: int, num_partitions: int, per_client: int, resolution: int) -> ImageSet:
     """Client `partition_id`'s private images: `per_client` images with distinct labels.
