@@ -394,10 +394,14 @@ def test_truncated_file(small_ckpt, tmp_path):
     data = small_ckpt[0].read_bytes()
     path = tmp_path / "cut.pt"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(GifdError, match=f"could not read .*{FIX}"):
+    with pytest.raises(
+        GifdError, match=f"could not be read because it is corrupt or not a torch file .*{FIX}"
+    ):
         load_stylegan2(path)
     path.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(GifdError, match=f"could not read .*{FIX}"):
+    with pytest.raises(
+        GifdError, match=f"could not be read because it is corrupt or not a torch file .*{FIX}"
+    ):
         load_stylegan2(path)
 
 

@@ -31,7 +31,6 @@ def load_torch_file(
     what: str,
     fix: str,
     *,
-    unreadable: str = "could not be read because it is corrupt or not a torch file",
     mmap: bool = False,
     safe_globals: Sequence[Any] = (),
 ) -> Any:
@@ -43,8 +42,8 @@ def load_torch_file(
     * missing: "<what> <path> not found: <fix>"; a directory: "<what> <path> is a directory, not a
       file: <fix>";
     * any exception of torch.load (torch raises RuntimeError, UnpicklingError, EOFError, ... on a
-      truncated or foreign file): "<what> <path> <unreadable> (<exception class>: <its first
-      sentence>): <fix>".
+      truncated or foreign file): "<what> <path> could not be read because it is corrupt or not a
+      torch file (<exception class>: <its first sentence>): <fix>".
 
     `mmap` memory-maps the tensors of a zip-format file (large checkpoints; legacy files are read
     normally); `safe_globals` are extra classes the weights-only unpickler may build, for this load
@@ -69,4 +68,6 @@ def load_torch_file(
         text = str(exc).strip()
         # The first sentence only: torch's long advice (e.g. "re-run with weights_only=False") is unsafe.
         reason = type(exc).__name__ + (": " + text.splitlines()[0].split(". ")[0][:150] if text else "")
-        raise GifdError(f"{what} {path} {unreadable} ({reason}): {fix}") from exc
+        raise GifdError(
+            f"{what} {path} could not be read because it is corrupt or not a torch file ({reason}): {fix}"
+        ) from exc

@@ -654,7 +654,6 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         path,
         "BigGAN weights",
         _WEIGHTS_FIX,
-        unreadable="cannot be read (truncated or corrupt file) and must be downloaded again",
     )
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise GifdError(

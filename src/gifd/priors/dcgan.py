@@ -270,7 +270,6 @@ def _file_key(path: Path) -> tuple[str, int, int]:
 
 
 #: How an unreadable weights file is described (load_torch_file's `unreadable`).
-_UNREADABLE = "could not be read because the file is truncated or not a PyTorch weights file"
 
 
 def _short_list(keys: list[str], limit: int = 8) -> str:
@@ -327,7 +326,7 @@ def load_face_dcgan(path: Path | None = None) -> DCGANPrior:
     """
     path = face_weights_path() if path is None else Path(path)
     fix = f"reinstall the package with `{FACE_PIP_INSTALL}` or pass that package's weights.tar"
-    data = load_torch_file(path, "face DCGAN weights", fix, unreadable=_UNREADABLE)
+    data = load_torch_file(path, "face DCGAN weights", fix)
     if isinstance(data, Mapping) and "netG_state_dict" in data:
         state = data["netG_state_dict"]
     elif isinstance(data, Mapping) and any(isinstance(k, str) and k.startswith("main.") for k in data):
@@ -375,7 +374,7 @@ def load_trained_dcgan(path: str | Path | None) -> DCGANPrior:
     if path is None:
         raise GifdError(f"prior 'dcgan' has no default weights: {fix}")
     path = _resolve_trained_path(Path(path))
-    data = load_torch_file(path, "DCGAN checkpoint", fix, unreadable=_UNREADABLE)
+    data = load_torch_file(path, "DCGAN checkpoint", fix)
     fmt = data.get("format") if isinstance(data, Mapping) else None
     if fmt not in (CHECKPOINT_FORMAT, GENERATOR_FORMAT):
         raise GifdError(f"{path} is not a gifd DCGAN checkpoint (no format {GENERATOR_FORMAT!r}): {fix}")

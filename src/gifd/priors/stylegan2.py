@@ -543,7 +543,6 @@ def _read_g_ema(path: Path) -> dict[str, Tensor]:
         path,
         "StyleGAN2 checkpoint",
         WEIGHTS_FIX,
-        unreadable="is corrupt or not a PyTorch checkpoint: torch could not read it",
         mmap=True,
         safe_globals=[argparse.Namespace],
     )
