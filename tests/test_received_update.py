@@ -154,4 +154,6 @@ def test_cli_refuses_client_settings_and_a_contradicting_normalisation(
         == 2
     )
     assert "computed on other weights than this victim's: pass the model" in capsys.readouterr().err
-    assert not any((tmp_path / d).exists() for d in "abcd")
+    assert _attack("--update", str(path), "--indices", "0,3", "--out", str(tmp_path / "e")) == 2
+    assert "indices describe(s) the update's private images: pass --images too" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abcde")

@@ -251,6 +251,11 @@ def _attack_saved_update(config: ExperimentConfig, out: str | Path | None, progr
             f"{', '.join(client_side)} shape(s) an update gifd computes; the saved update {config.update} is "
             "attacked as it was sent: drop them"
         )
+    scoring_only = [key for key in ("indices", "labels") if key in given]
+    if scoring_only and "images" not in given:
+        raise GifdError(
+            f"{', '.join(scoring_only)} describe(s) the update's private images: pass --images too, or drop them"
+        )
     update = load_update(config.update, batch_size=config.batch_size if "batch_size" in given else None)
     meta = update.metadata
 
