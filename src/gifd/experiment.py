@@ -37,10 +37,28 @@ from gifd.report import stage_image_name
 from gifd.victims import Victim, create_victim, normalization_name
 
 
-class ExperimentConfig(BaseModel):
-    """Everything that defines a run; saved in full in results.json."""
+class AttackPlan(BaseModel):
+    """Which attacks run and how: the part of a run's settings that an experiment and a Flower
+    audit (gifd.flower.AuditConfig) share."""
 
     model_config = ConfigDict(extra="forbid")
+
+    attacks: list[str] = Field(default_factory=lambda: ["ig"])
+    #: Generative prior of the GAN-based attacks (see `gifd priors`) and its weights path.
+    prior: str = "digiface-dcgan64"
+    prior_weights: str | None = None
+    #: Total step budget per restart for every attack (None: each attack's own default).
+    steps: int | None = None
+    restarts: int | None = None
+    #: Per-attack settings, e.g. {"ig": {"tv": 1e-3}}; override the shared steps/restarts.
+    attack_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    label_inference: LabelRule = "unique"
+    seed: int = 0
+    device: str = "auto"
+
+
+class ExperimentConfig(AttackPlan):
+    """Everything that defines a run; saved in full in results.json."""
 
     victim: str = "convnet"
     resolution: int = 32
@@ -53,15 +71,6 @@ class ExperimentConfig(BaseModel):
     batch_size: int = 1
     #: Private labels (default: the source's own labels, else distinct labels drawn from the seed).
     labels: list[int] | None = None
-    attacks: list[str] = Field(default_factory=lambda: ["ig"])
-    #: Generative prior of the GAN-based attacks (see `gifd priors`) and its weights path.
-    prior: str = "digiface-dcgan64"
-    prior_weights: str | None = None
-    #: Total step budget per restart for every attack (None: each attack's own default).
-    steps: int | None = None
-    restarts: int | None = None
-    #: Per-attack settings, e.g. {"ig": {"tv": 1e-3}}; override the shared steps/restarts.
-    attack_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: Client-side defense, e.g. "prune:0.5" or "clip:4+noise:0.01" (None or "none": no defense).
     defense: str | None = None
     #: What the attacker knows of the defense: its parameters ("adaptive"), only its kind with the
@@ -71,15 +80,12 @@ class ExperimentConfig(BaseModel):
     local_steps: int | None = None
     local_lr: float = 1e-4
     local_batch_size: int | None = None
-    label_inference: LabelRule = "unique"
     #: A saved update to attack (gifd format, e.g. a Flower audit's update.pt) instead of one
     #: computed from `images`. Its metadata gives the victim, resolution, classes and normalisation
     #: unless set here; `images`, if set, are its private images (to score the reconstructions).
     update: str | None = None
     #: Threat model: does the client disclose its labels with the update?
     disclose_labels: bool = False
-    seed: int = 0
-    device: str = "auto"
 
 
 def run_experiment(

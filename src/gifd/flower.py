@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
 from gifd.attacks import ATTACKS
@@ -41,7 +41,7 @@ from gifd.config import build_config
 from gifd.data import ImageSet
 from gifd.device import resolve_device
 from gifd.errors import GifdError, list_some
-from gifd.experiment import ExperimentConfig, attack_received_update
+from gifd.experiment import AttackPlan, ExperimentConfig, attack_received_update
 from gifd.fedavg import LocalTraining
 from gifd.imageio import write_atomically
 from gifd.priors import StagedGenerator, create_prior
@@ -85,10 +85,8 @@ DEFAULT_KEYS: dict[str, str] = {
 GLOBAL_MODEL_FILE = "global_model.pt"
 
 
-class AuditConfig(BaseModel):
+class AuditConfig(AttackPlan):
     """What to attack and how: the model the federation trains, the attacks, which rounds/clients."""
-
-    model_config = ConfigDict(extra="forbid")
 
     #: The trained model, as a gifd victim (architecture, input side, classes, normalisation).
     victim: str = "lenet"
@@ -96,14 +94,6 @@ class AuditConfig(BaseModel):
     num_classes: int = 10
     normalization: str = "imagenet"
     attacks: list[str] = Field(default_factory=lambda: ["gifd"])
-    prior: str = "digiface-dcgan64"
-    prior_weights: str | None = None
-    steps: int | None = None
-    restarts: int | None = None
-    attack_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    label_inference: Literal["unique", "count", "paper"] = "unique"
-    seed: int = 0
-    device: str = "auto"
     #: Rounds to attack (None: every round) and at most this many clients per round (None: all).
     rounds: list[int] | None = None
     clients_per_round: int | None = None
@@ -407,21 +397,17 @@ class FlowerAudit:
             kind="delta",
             metadata=metadata,
         )
+        plan = self.config.model_dump(include=set(AttackPlan.model_fields))
+        plan.update(
+            label_inference=self._label_rule(examples, victim.num_classes, warnings), device=str(self.device)
+        )
         config = ExperimentConfig(
+            **plan,
             victim=victim.name,
             resolution=victim.resolution,
             num_classes=victim.num_classes,
             normalization=normalization_name(mean, std),
             images=f"flower: round {job.round}, client {job.client}",
-            attacks=self.config.attacks,
-            prior=self.config.prior,
-            prior_weights=self.config.prior_weights,
-            steps=self.config.steps,
-            restarts=self.config.restarts,
-            attack_settings=self.config.attack_settings,
-            label_inference=self._label_rule(examples, victim.num_classes, warnings),
-            seed=self.config.seed,
-            device=str(self.device),
         )
         return victim, update, config, warnings
 
