@@ -151,6 +151,17 @@ class _Pending:
     error: str | None = None
 
 
+@dataclass
+class _Screened:
+    """What the server-thread checks of a reply established (see `FlowerAudit._screen`)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    examples: int
+    training: LocalTraining
+    warnings: list[str]
+
+
 class FlowerAudit:
     """Attacks the client updates handed to it, in one background thread, and records the results.
 
@@ -158,7 +169,7 @@ class FlowerAudit:
     "attacked", "skipped" (ruled out by the options or the client's metadata, or no reply;
     `reason` says why) or "failed" (the model or the attack raised; `reason` holds the error).
     Whether a client is attacked is decided on the server's thread as its reply arrives (cheap
-    checks); only the attack itself runs in the background.
+    checks); building its update and the attack run in the background.
 
     `victim` overrides the model built from the config (any `Victim`, e.g. your own nn.Module
     wrapped with its input size, class count and normalisation). `truth` scores reconstructions
@@ -255,7 +266,7 @@ class FlowerAudit:
             job = ClientRound(
                 server_round, client, pending.state, self._named(state, "client reply"), reported
             )
-            prepared = self.prepare(job)
+            screened = self._screen(job)
         except _SkipError as exc:
             self._finish(record, "skipped", str(exc))
             return
@@ -271,9 +282,9 @@ class FlowerAudit:
         with self._lock:
             record["status"] = "queued"
         if self._executor is None:
-            self._attack(job, record, prepared)
+            self._attack(job, record, screened)
         else:
-            self._futures.append(self._executor.submit(self._attack, job, record, prepared))
+            self._futures.append(self._executor.submit(self._attack, job, record, screened))
 
     def end_round(self, server_round: int) -> None:
         """Close `server_round`: clients sent a model but without a reply are recorded as skipped."""
@@ -302,23 +313,18 @@ class FlowerAudit:
         return records
 
     # ------------------------------------------------------------------ the attack of one client
-    def _attack(
-        self,
-        job: ClientRound,
-        record: dict[str, Any],
-        prepared: tuple[Victim, Update, ExperimentConfig, list[str]],
-    ) -> None:
-        victim, update, config, warnings = prepared
-        fields: dict[str, Any] = {  # applied to the record under the lock, when done
-            "warnings": warnings,
-            "num_examples": update.batch_size,
-            "local_training": {
-                k: update.metadata[k]
-                for k in ("local_steps", "epochs", "local_lr", "local_batch_size", "shuffle_seed")
-            },
-            "normalization": {"mean": list(victim.mean), "std": list(victim.std)},
-        }
+    def _attack(self, job: ClientRound, record: dict[str, Any], screened: _Screened) -> None:
+        fields: dict[str, Any] = {"warnings": screened.warnings}  # applied to the record when done
         try:
+            victim, update, config = self._prepare(job, screened)
+            fields.update(
+                num_examples=update.batch_size,
+                local_training={
+                    k: update.metadata[k]
+                    for k in ("local_steps", "epochs", "local_lr", "local_batch_size", "shuffle_seed")
+                },
+                normalization={"mean": list(victim.mean), "std": list(victim.std)},
+            )
             weights = self._save_global_model(job)
             config = config.model_copy(update={"victim_weights": str(weights.resolve())})
             truth = self.truth(job.round, job.client, job.reported) if self.truth is not None else None
@@ -349,10 +355,11 @@ class FlowerAudit:
             log.exception("gifd audit of client %s in round %s failed", job.client, job.round)
             self._finish(record, "failed", f"{exc.__class__.__name__}: {exc}", fields=fields, report=True)
 
-    def prepare(self, job: ClientRound) -> tuple[Victim, Update, ExperimentConfig, list[str]]:
-        """The victim at the global model, the client's FedAvg update, the attack config, warnings.
+    def _screen(self, job: ClientRound) -> _Screened:
+        """The cheap checks of a reply, on the server's thread as it arrives: what the client
+        reported (normalisation, examples, local training) and whether the options allow the attack.
 
-        Raises `_SkipError` (a GifdError) when the options or the client's metadata rule the attack out.
+        Raises `_SkipError` (a GifdError) when they rule the attack out.
         """
         warnings: list[str] = []
         reported = job.reported
@@ -368,6 +375,15 @@ class FlowerAudit:
                 "one update of that many images is beyond inversion; raise max_examples to try"
             )
         training = self._local_training(reported, examples, warnings)
+        return _Screened(mean, std, examples, training, warnings)
+
+    def _prepare(self, job: ClientRound, screened: _Screened) -> tuple[Victim, Update, ExperimentConfig]:
+        """The victim at the global model, the client's FedAvg update and the attack config (in the
+        worker: the model copy, the delta and the weights fingerprint grow with the model).
+
+        Warnings found here are added to `screened.warnings`.
+        """
+        mean, std, examples, warnings = screened.mean, screened.std, screened.examples, screened.warnings
         model = copy.deepcopy(self.victim.model)
         load_victim_state(
             model, job.global_state, self.victim.name, "the global model's tensors", _ARCHITECTURE_FIX
@@ -389,7 +405,7 @@ class FlowerAudit:
                 "mode; gifd replays eval-mode training, so this reconstruction understates the leak"
             )
         metadata = victim_metadata(victim)
-        metadata.update(training.to_metadata(examples))
+        metadata.update(screened.training.to_metadata(examples))
         metadata.update({"flower_round": job.round, "flower_client": job.client})
         update = Update(
             tensors={n: (job.client_state[n] - job.global_state[n]).to(self.device) for n in names},
@@ -409,7 +425,7 @@ class FlowerAudit:
             normalization=normalization_name(mean, std),
             images=f"flower: round {job.round}, client {job.client}",
         )
-        return victim, update, config, warnings
+        return victim, update, config
 
     def _save_global_model(self, job: ClientRound) -> Path:
         """Save the global model `job`'s client started from, as a state dict gifd loads as victim
