@@ -14,6 +14,7 @@ from gifd.errors import GifdError
 from gifd.priors import create_prior
 from gifd.priors.base import StagedGenerator
 from gifd.victims import create_victim
+from tolerances import kernel_atol
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -148,12 +149,21 @@ def test_each_image_is_fine_tuned_by_its_own_generator_copy(prior, victim, cifar
         assert float((one_set - reference).norm() / reference.norm()) > 0.3, k
         # The two copies went different ways: no single parameter set made both images.
         assert (tuned.parameters[k][0] - tuned.parameters[k][1]).abs().max() > 0.5 * lr
+    # Rendering: each image from its own parameter copy. The reference loads copy i's parameters
+    # into a plain generator (the independently fine-tuned copies above differ from them by the
+    # float noise Adam amplified, which depends on the CPU's kernels).
+    loaded = [copy.deepcopy(prior) for _ in range(2)]
+    for i, g in enumerate(loaded):
+        g.load_state_dict({**prior.state_dict(), **{k: v[i] for k, v in tuned.parameters.items()}})
     with torch.no_grad():
         rendered = attack.render(tuned.parameters, tuned.latents, tuned.context)
-        expected = torch.cat([g(0, {"z": tuned.latents["z"][i : i + 1]}, {}) for i, g in enumerate(copies)])
+        expected = torch.cat([g(0, {"z": tuned.latents["z"][i : i + 1]}, {}) for i, g in enumerate(loaded)])
         one_by_one = attack.render(tuned.parameters, tuned.latents, tuned.context, batched=False)
-    assert torch.allclose(rendered, expected, atol=1e-4)
-    assert torch.allclose(one_by_one, rendered, atol=1e-5)
+    # Images in [-1, 1]; the largest reduction is the first transposed convolution's (512 input
+    # channels x 4 x 4 taps), and the later ones are smaller: one layer of that size bounds it.
+    atol = kernel_atol(torch.float32, terms=512 * 4 * 4)
+    assert torch.allclose(rendered, expected, rtol=0, atol=atol)
+    assert torch.allclose(one_by_one, rendered, rtol=0, atol=atol)
 
 
 def test_settings_and_errors(prior) -> None:

@@ -267,7 +267,55 @@ BAD_INPUTS = {
         ["nowhere.pt", "not found"],
     ),
     "weights of another architecture": (_other_architecture_weights, ["convnet.pt", "'lenet'", "--victim"]),
+    # Numbers are checked by the config models before anything is loaded or computed.
+    "negative steps (gifd)": (lambda _: ["--attack", "gifd", "--steps", "-1"], ["--steps -1", ">= 1"]),
+    "negative steps (ig)": (lambda _: ["--attack", "ig", "--steps", "-1"], ["--steps -1", ">= 1"]),
+    "zero steps": (lambda _: ["--attack", "ig", "--steps", "0"], ["--steps 0", ">= 1"]),
+    "negative restarts": (lambda _: ["--restarts", "-1"], ["--restarts -1", ">= 1"]),
+    "zero restarts": (lambda _: ["--restarts", "0"], ["--restarts 0", ">= 1"]),
+    "unsupported device": (lambda _: ["--device", "mps"], ["--device mps", "cpu, cuda"]),
+    "seed out of range": (
+        lambda _: ["--seed", "100000000000000000000000"],
+        ["--seed", "< 9223372036854775808"],
+    ),
+    "negative learning rate": (
+        lambda tmp: _config(tmp, "attack_settings: {ig: {lr: -1}}\n"),
+        ["ig settings", "lr = -1", "> 0"],
+    ),
+    "zero log interval": (
+        lambda tmp: _config(tmp, "attack_settings: {ig: {log_every: 0}}\n"),
+        ["ig settings", "log_every = 0", ">= 1"],
+    ),
+    "negative radius": (
+        lambda tmp: ["--attack", "gifd", *_config(tmp, "attack_settings: {gifd: {radii: [1, -5]}}\n")],
+        ["gifd settings", "radii.1 = -5", ">= 0"],
+    ),
+    "too few radii for the prior": (
+        lambda tmp: ["--attack", "gifd", *_config(tmp, "attack_settings: {gifd: {radii: [1, 5]}}\n")],
+        ["2 radii", "5 stages"],
+    ),
+    "attack named twice": (lambda _: ["--attack", "ig,ig"], ["ig is named twice", "once"]),
+    "unknown prior, no generative attack": (
+        lambda _: ["--attack", "ig", "--prior", "nosuch"],
+        ["'nosuch'", "gifd priors"],
+    ),
+    "negative label": (lambda _: ["--labels", "-1"], ["--labels -1", ">= 0"]),
+    "huge resolution": (lambda _: ["--resolution", "100000"], ["--resolution 100000", "<= 1024"]),
+    "index twice": (lambda _: ["--indices", "0,0"], ["[0, 0]", "twice"]),
+    "config is a directory": (lambda tmp: ["--config", str(tmp)], ["is a directory", "YAML file"]),
+    "config with a YAML syntax error": (
+        lambda tmp: _config(tmp, "victim: lenet\nsteps: [1,\n"),
+        ["not valid YAML at line 3", "fix the file"],
+    ),
+    "save-update with two batches": (lambda _: ["--indices", "0,1", "--save-update"], ["one batch"]),
+    "output cannot be created": (lambda _: ["--out", "/proc/gifd-test/x"], ["cannot be created", "/proc"]),
 }
+
+
+def _config(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "settings.yaml"
+    path.write_text(text)
+    return ["--config", str(path)]
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
@@ -276,9 +324,109 @@ def test_bad_input_fails_cleanly_and_writes_nothing(case: str, tmp_path: Path) -
     flags = make_flags(tmp_path)
     parent = tmp_path / "outputs"
     parent.mkdir()
-    code, stdout, err = run_cli(["attack", *TINY, *flags, "--out", str(parent / "run")])
+    code, stdout, err = run_cli(["attack", *TINY, "--out", str(parent / "run"), *flags])
     assert_clean_failure(code, err, parent, *needles)
     assert "results written" not in stdout
+
+
+def test_bad_numbers_fail_before_any_image_is_loaded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--resolution 100000 once loaded and resized images until the kernel killed the process."""
+    import gifd.experiment
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("images were loaded before the settings were checked")
+
+    monkeypatch.setattr(gifd.experiment, "load_images", refuse)
+    for flags in (["--resolution", "100000"], ["--steps", "-1"], ["--device", "mps"], ["--attack", "ig,ig"]):
+        code, _, err = run_cli(["attack", *TINY, *flags, "--out", str(tmp_path / "o")])
+        assert code == 2 and "Traceback" not in err, (flags, err)
+
+
+def test_interrupt_during_start_up_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the command's modules are still importing: exit 130 and one line."""
+    import gifd.cli
+
+    def interrupted(name: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gifd.cli.importlib, "import_module", interrupted)
+    code, _, err = run_cli(["attack", "--steps", "3"])
+    assert code == 130 and err.strip() == "gifd attack: interrupted"
+
+
+def test_a_users_directory_with_a_results_json_is_never_replaced(tmp_path: Path) -> None:
+    """Only a directory with gifd's marker, holding only gifd's files, is replaced."""
+    mine = tmp_path / "d"
+    mine.mkdir()
+    (mine / "results.json").write_text('{"mine": 1}')
+    (mine / "notes.txt").write_text("x")
+    code, _, err = run_cli(["attack", *TINY, "--attack", "ig", "--steps", "2", "--out", str(mine)])
+    assert code == 2 and "is not a gifd run" in err and "gifd-run.json" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "results.json"]
+    assert (mine / "results.json").read_text() == '{"mine": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_a_gifd_run_holding_a_users_file_is_not_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert run_cli(["attack", *TINY, "--out", str(out)])[0] == 0
+    assert (out / "gifd-run.json").is_file() and (out / "report.html").is_file()
+    (out / "images" / "my_notes.txt").write_text("keep me")
+    code, _, err = run_cli(["attack", *TINY, "--seed", "1", "--out", str(out)])
+    assert code == 2 and "images/my_notes.txt" in err and "move them out" in err
+    assert (out / "images" / "my_notes.txt").read_text() == "keep me"
+    assert read_results(out)["seed"] == 0
+    (out / "images" / "my_notes.txt").unlink()
+    assert run_cli(["attack", *TINY, "--seed", "1", "--out", str(out)])[0] == 0
+    assert read_results(out)["seed"] == 1
+
+
+def test_report_refuses_a_file_and_a_sweep_with_the_right_fix(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(["report", str(tmp_path / "file")])
+    assert code == 2 and "is a file, not a run directory" in err
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text("{}")
+    code, _, err = run_cli(["report", str(sweep)])
+    assert code == 2 and "is a sweep" in err and "jobs/<id>" in err and "gifd attack --out" not in err
+
+
+def test_several_image_files_default_to_the_first_batch(tmp_path: Path) -> None:
+    files = []
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        files.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (40, 40), colour).save(files[-1])
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        [
+            "attack",
+            *TINY,
+            "--images",
+            ",".join(map(str, files)),
+            "--batch-size",
+            "2",
+            "--labels",
+            "0,1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0, err
+    results = read_results(out)
+    assert results["config"]["indices"] == [0, 1] and results["images"]["names"] == ["0.png", "1.png"]
+
+
+def test_save_update_writes_an_update_that_attacks_again(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    code, _, err = run_cli(["attack", *TINY, "--attack", "ig", "--save-update", "--out", str(first)])
+    assert code == 0, err
+    assert (first / "update.pt").is_file()
+    again = tmp_path / "again"
+    code, _, err = run_cli(["attack", "--update", str(first / "update.pt"), "--attack", "ig", "--steps", "3",
+                            "--restarts", "1", "--quiet", "--out", str(again)])  # fmt: skip
+    assert code == 0, err
+    assert read_results(again)["inferred_labels"] == read_results(first)["inferred_labels"]
 
 
 def test_existing_output_is_replaced_only_by_a_successful_run(tmp_path: Path) -> None:

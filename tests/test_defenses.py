@@ -20,6 +20,7 @@ from gifd.defenses import (
     PruneDefense,
     SoteriaDefense,
     apply_defense,
+    clip_per_example,
     clipped_mean_gradient,
     fc_input_features,
     parse_defense,
@@ -94,18 +95,38 @@ def test_prune_keeps_exactly_the_largest_entries() -> None:
     assert bool((update["a"].abs()[pruned["a"] != 0] > threshold).all())
 
 
+def exact_norm(tensors) -> float:
+    """The l2 norm of the float values themselves, accumulated in float64 (a float32 sum would add
+    rounding of its own and could report a norm <= C above C, or the reverse)."""
+    return float(torch.sqrt(sum(t.double().pow(2).sum() for t in tensors)))
+
+
 def test_clip_bounds_the_norm_and_leaves_small_updates_alone() -> None:
     gen = torch.Generator().manual_seed(0)
     update = [torch.randn(20, 10, generator=gen) * 3, torch.randn(5, generator=gen)]
-    norm = torch.sqrt(sum(t.pow(2).sum() for t in update))
+    norm = exact_norm(update)
     clipped = ClipDefense(4.0).apply(update)
-    clipped_norm = torch.sqrt(sum(t.pow(2).sum() for t in clipped))
-    assert clipped_norm <= 4.0 and clipped_norm > 4.0 - 1e-4
+    assert exact_norm(clipped) <= 4.0 and exact_norm(clipped) > 4.0 - 1e-4
     for a, b in zip(update, clipped, strict=True):  # one global scale, direction kept
+        # float32 rounding of the scale and of each product: a few ulps (assert_close's float32 rtol)
         torch.testing.assert_close(b, a * (4.0 / (norm + 1e-6)))
     small = [t / norm for t in update]  # norm 1 < 4
     for a, b in zip(small, ClipDefense(4.0).apply(small), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_clipped_norms_never_exceed_the_bound(dtype: torch.dtype) -> None:
+    """norm <= C exactly (DP-SGD's accounting assumes it), whatever the CPU's kernels round: over
+    many sizes and bounds, including norms just above the bound, globally and per example."""
+    gen = torch.Generator().manual_seed(1)
+    for trial in range(200):
+        sizes = torch.randint(1, 3000, (int(torch.randint(1, 5, (1,), generator=gen)),), generator=gen)
+        update = [torch.randn(int(n), generator=gen, dtype=torch.float64).to(dtype) for n in sizes]
+        bound = exact_norm(update) * (1 - 10 ** -float(torch.randint(1, 9, (1,), generator=gen))) if trial % 2 else 0.37
+        assert exact_norm(ClipDefense(bound).apply(update)) <= bound, trial
+        per_example = [t.unsqueeze(0) for t in update]  # a batch of one: the mean is the clipped gradient
+        assert exact_norm(clip_per_example(per_example, bound)) <= bound, trial
 
 
 def test_noise_has_the_right_std_and_follows_the_seed() -> None:

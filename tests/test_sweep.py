@@ -47,14 +47,12 @@ def rows_without_seconds(aggregate: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def assert_rows_close(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> None:
-    """Same jobs and attacks; metrics equal up to float summation order (thread counts differ)."""
+    """Same jobs and attacks, and the same metrics to the bit: every job runs on the sweep's fixed
+    thread count, wherever it runs."""
     assert [r["job"] for r in rows] == [r["job"] for r in reference]
     for row, ref in zip(rows, reference, strict=True):
         for key, value in ref.items():
-            if isinstance(value, float):
-                assert row[key] == pytest.approx(value, rel=1e-5), key
-            else:
-                assert row[key] == value, key
+            assert row[key] == value, key
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -292,6 +290,38 @@ def test_process_pool_matches_in_process_results(reference: dict[str, Any], tmp_
     aggregate = run_sweep(sweep_file, tmp_path / "out", workers=2, progress=False, log=lambda _: None)
     assert aggregate["run"]["ran"] == 2
     assert_rows_close(rows_without_seconds(aggregate), rows_without_seconds(reference)[:2])
+
+
+def test_results_do_not_depend_on_this_process_thread_count(tmp_path: Path) -> None:
+    """A sweep fixes each job's torch threads (default 1), so the numbers are the same in this
+    process whatever its own thread count, and equal those of worker processes."""
+    spec = {"base": {**TINY_BASE, "steps": 20}, "grid": {"images_each": [0, 1]}}
+    sweep_file = write_sweep(tmp_path / "two.yaml", spec)
+    assert all(job.config.threads == 1 for job in load_sweep(sweep_file).jobs)
+    torch.set_num_threads(2)
+    try:
+        here = run_sweep(sweep_file, tmp_path / "here", progress=False, log=lambda _: None)
+        assert torch.get_num_threads() == 2  # restored after each job
+    finally:
+        torch.set_num_threads(1)
+    pool = run_sweep(sweep_file, tmp_path / "pool", workers=2, progress=False, log=lambda _: None)
+    assert_rows_close(rows_without_seconds(here), rows_without_seconds(pool))
+
+
+def test_a_job_whose_results_were_deleted_runs_again(tmp_path: Path) -> None:
+    sweep_file = write_sweep(tmp_path / "one.yaml", {"base": TINY_BASE})
+    out = tmp_path / "out"
+    run_sweep(sweep_file, out, progress=False, log=lambda _: None)
+    (job_dir,) = [p.parent for p in finished_jobs(out)]
+    (job_dir / "results.json").unlink()
+    aggregate = run_sweep(sweep_file, out, progress=False, log=lambda _: None)
+    assert aggregate["run"]["ran"] == 1 and aggregate["run"]["failed"] == 0
+    assert (job_dir / "results.json").is_file()
+    (job_dir / "mine.txt").write_text("a user's file in a job directory")
+    (job_dir / "results.json").unlink()
+    aggregate = run_sweep(sweep_file, out, progress=False, log=lambda _: None)
+    assert aggregate["run"]["failed"] == 1 and "mine.txt" in aggregate["jobs"][0]["error"]
+    assert (job_dir / "mine.txt").is_file()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")

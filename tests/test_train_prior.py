@@ -183,7 +183,7 @@ def test_cli_train_prior_and_resume(image_folder, tmp_path, capsys):
 
 
 def test_cli_priors_listing(capsys, monkeypatch):
-    assert "priors" in gifd.cli.COMMAND_MODULES
+    assert "priors" in gifd.cli.COMMANDS
     assert gifd.cli.main(["priors"]) == 0
     listing = capsys.readouterr().out
     lines = listing.splitlines()

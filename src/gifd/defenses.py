@@ -90,8 +90,22 @@ def _num(value: float) -> str:
 
 
 def global_norm(tensors: Sequence[Tensor]) -> Tensor:
-    """The l2 norm of all tensors concatenated (a 0-dim tensor, differentiable)."""
-    return torch.sqrt(sum(t.pow(2).sum() for t in tensors))
+    """The l2 norm of all tensors concatenated, accumulated in float64 (a 0-dim float64 tensor,
+    differentiable): exact enough that `clip_scale` can guarantee its bound."""
+    return torch.sqrt(sum(torch.linalg.vector_norm(t, dtype=torch.float64).square() for t in tensors))
+
+
+def clip_scale(norms: Tensor, bound: float, dtype: torch.dtype) -> Tensor:
+    """The clipping factor min(1, bound / (norm + 1e-6)) for tensors of `dtype` whose float64 l2
+    norm is `norms`, shrunk by 4 machine epsilons of `dtype`, then rounded to `dtype`.
+
+    Why the shrink: the product of a tensor with the factor is rounded entry by entry (relative
+    error <= eps/2 each, and the factor itself rounds to `dtype` by as much), so without it the
+    clipped norm can exceed the bound by an ulp, as it did on one CPU (4.0000002 > 4). With it,
+    norm(clipped) <= norm * factor * (1 + eps/2)^2 < bound: the guarantee DP-SGD's accounting needs.
+    """
+    shrink = 1 - 4 * torch.finfo(dtype).eps
+    return torch.clamp(bound * shrink / (norms + NORM_EPS), max=1.0).to(dtype)
 
 
 def _noise_like(tensor: Tensor, std: float, generator: torch.Generator | None) -> Tensor:
@@ -258,7 +272,8 @@ class ClipDefense(Defense):
             raise GifdError(f"clip bound must be a finite number > 0 (e.g. clip:4), got {self.bound:g}")
 
     def _clip(self, values: list[Tensor]) -> list[Tensor]:
-        scale = torch.clamp(self.bound / (global_norm(values) + NORM_EPS), max=1.0)
+        coarsest = max((t.dtype for t in values), key=lambda d: torch.finfo(d).eps)
+        scale = clip_scale(global_norm(values), self.bound, coarsest)
         return [t * scale for t in values]
 
     @torch.no_grad()
@@ -569,10 +584,16 @@ def per_example_gradients(victim: Victim, inputs: Tensor, labels: Tensor) -> lis
 
 
 def clip_per_example(per_example: Sequence[Tensor], clip: float) -> list[Tensor]:
-    """Mean over examples of each example's gradient scaled by min(1, clip / (norm + 1e-6))."""
+    """Mean over examples of each example's gradient scaled by min(1, clip / (norm + 1e-6)) (each
+    clipped gradient's norm is <= clip exactly, see `clip_scale`)."""
     batch = per_example[0].shape[0]
-    norms = torch.sqrt(sum(g.reshape(batch, -1).pow(2).sum(dim=1) for g in per_example))
-    scale = torch.clamp(clip / (norms + NORM_EPS), max=1.0)
+    norms = torch.sqrt(
+        sum(
+            torch.linalg.vector_norm(g.reshape(batch, -1), dim=1, dtype=torch.float64).square()
+            for g in per_example
+        )
+    )
+    scale = clip_scale(norms, clip, per_example[0].dtype)
     return [(g * scale.view(-1, *([1] * (g.ndim - 1)))).mean(dim=0) for g in per_example]
 
 

@@ -14,27 +14,37 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import gifd
-from gifd.attacks import ATTACKS, LABEL_RULES, AttackResult, Target, infer_labels
+from gifd.attacks import ATTACKS, AttackResult, Target, infer_labels
 from gifd.attacks.labels import LabelRule
 from gifd.client import Update, compute_update, load_update, save_update, validate_update, weights_fingerprint
-from gifd.config import build_config
+from gifd.config import Count, DeviceName, Index, Positive, Seed, build_config
 from gifd.data import ImageSet, load_images
-from gifd.defenses import ClientContext, Defense, apply_defense, parse_defense, utility_cost
-from gifd.device import resolve_device, seed_everything
+from gifd.defenses import (
+    ClientContext,
+    Defense,
+    apply_defense,
+    parse_defense,
+    parse_defense_sweep,
+    utility_cost,
+)
+from gifd.device import resolve_device, seed_everything, torch_threads
 from gifd.errors import GifdError
 from gifd.fedavg import LocalTraining, compute_fedavg_update
 from gifd.imageio import save_grid, save_image
 from gifd.metrics import evaluate, label_accuracy
-from gifd.priors import StagedGenerator, create_prior
-from gifd.report import stage_image_name
+from gifd.priors import PRIORS, StagedGenerator, create_prior
+from gifd.rundir import check_replaceable, files_below, stage_image_name, write_marker
 from gifd.victims import Victim, create_victim, normalization_name
+
+#: Largest image side a run takes: above it a victim's activations for one image pass 1 GB.
+MAX_RESOLUTION = 1024
 
 
 class AttackPlan(BaseModel):
@@ -48,62 +58,130 @@ class AttackPlan(BaseModel):
     prior: str = "digiface-dcgan64"
     prior_weights: str | None = None
     #: Total step budget per restart for every attack (None: each attack's own default).
-    steps: int | None = None
-    restarts: int | None = None
+    steps: Count | None = None
+    restarts: Count | None = None
     #: Per-attack settings, e.g. {"ig": {"tv": 1e-3}}; override the shared steps/restarts.
     attack_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     label_inference: LabelRule = "unique"
-    seed: int = 0
-    device: str = "auto"
+    seed: Seed = 0
+    device: DeviceName = "auto"
+
+    @model_validator(mode="after")
+    def _check_plan(self) -> AttackPlan:
+        """Every attack known and named once, the prior known, and each attack's settings valid for
+        it, so a bad setting fails before any compute rather than when its attack starts."""
+        if not self.attacks:
+            raise GifdError("no attack given: pass --attack with one or more of " + ", ".join(ATTACKS.names()))
+        twice = sorted({name for name in self.attacks if self.attacks.count(name) > 1})
+        if twice:
+            raise GifdError(f"attack {', '.join(twice)} is named twice in --attack: name each attack once")
+        for name in [*self.attacks, *self.attack_settings]:
+            ATTACKS.get(name)
+        if self.prior not in PRIORS:
+            raise GifdError(
+                f"unknown prior {self.prior!r}: use one of {', '.join(sorted(PRIORS))} (see `gifd priors`)"
+            )
+        for name in self.attacks:
+            build_config(ATTACKS.get(name).Config, self.settings_for(name), f"{name} settings")
+        return self
+
+    def settings_for(self, name: str) -> dict[str, Any]:
+        """Attack `name`'s settings: the shared steps and restarts, then its own attack_settings."""
+        settings: dict[str, Any] = {}
+        if self.steps is not None:
+            settings["steps"] = self.steps
+        if self.restarts is not None:
+            settings["restarts"] = self.restarts
+        settings.update(self.attack_settings.get(name, {}))
+        return settings
 
 
 class ExperimentConfig(AttackPlan):
     """Everything that defines a run; saved in full in results.json."""
 
     victim: str = "convnet"
-    resolution: int = 32
+    resolution: Annotated[int, Field(ge=8, le=MAX_RESOLUTION)] = 32
     #: Class count of the victim (default: the image source's, or 10 when it has none).
-    num_classes: int | None = None
+    num_classes: Annotated[int, Field(ge=2)] | None = None
     victim_weights: str | None = None
     normalization: str = "imagenet"
     images: str = "builtin:cifar10"
-    indices: list[int] = Field(default_factory=lambda: [0])
-    batch_size: int = 1
+    #: Which images of the source (default: the first batch_size of them).
+    indices: list[Index] = Field(default_factory=list)
+    batch_size: Count = 1
     #: Private labels (default: the source's own labels, else distinct labels drawn from the seed).
-    labels: list[int] | None = None
+    labels: list[Index] | None = None
     #: Client-side defense, e.g. "prune:0.5" or "clip:4+noise:0.01" (None or "none": no defense).
     defense: str | None = None
     #: What the attacker knows of the defense: its parameters ("adaptive"), only its kind with the
     #: parameters estimated from the update ("estimated"), or nothing ("oblivious").
     defense_knowledge: Literal["adaptive", "estimated", "oblivious"] = "adaptive"
     #: Multi-step FedAvg: local SGD steps (None: one FedSGD gradient), learning rate, mini-batch size.
-    local_steps: int | None = None
-    local_lr: float = 1e-4
-    local_batch_size: int | None = None
+    local_steps: Count | None = None
+    local_lr: Positive = 1e-4
+    local_batch_size: Count | None = None
     #: A saved update to attack (gifd format, e.g. a Flower audit's update.pt) instead of one
     #: computed from `images`. Its metadata gives the victim, resolution, classes and normalisation
     #: unless set here; `images`, if set, are its private images (to score the reconstructions).
     update: str | None = None
     #: Threat model: does the client disclose its labels with the update?
     disclose_labels: bool = False
+    #: torch CPU threads during the run (None: leave torch's setting). Float sums split over
+    #: threads round differently, so runs compare exactly only at the same count; sweeps fix it.
+    threads: Count | None = None
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> ExperimentConfig:
+        """Default indices (the first batch's worth of images), whole batches, a valid defense."""
+        if not self.indices:  # set as a resolved value, not as one the user gave (model_fields_set)
+            object.__setattr__(self, "indices", list(range(self.batch_size)))
+        if len(set(self.indices)) < len(self.indices):
+            raise GifdError(f"indices {self.indices} name an image twice: give each index once")
+        if len(self.indices) % self.batch_size:
+            raise GifdError(
+                f"{len(self.indices)} images do not split into batches of {self.batch_size}: "
+                "pass a number of --indices that is a multiple of --batch-size"
+            )
+        if self.defense is not None:
+            parse_defense_sweep(self.defense)  # one setting, or several for a sweep over them
+        return self
 
 
 def run_experiment(
-    config: ExperimentConfig, out: str | Path | None = None, *, progress: bool = True
+    config: ExperimentConfig,
+    out: str | Path | None = None,
+    *,
+    progress: bool = True,
+    save_update: bool = False,
 ) -> dict[str, Any]:
     """Run `config`; return the results dict, and with `out` write results.json and PNGs there.
 
+    `save_update` also writes the update the client sent as OUT/update.pt (gifd format, for
+    `gifd attack --update`); it takes a run of one batch and an `out`.
+
     The output directory appears complete or not at all: everything is written to a temporary
-    directory beside it and renamed into place at the end.
+    directory beside it and renamed into place at the end. The run uses `config.threads` torch
+    threads when set (the count is restored afterwards).
     """
+    if save_update and (out is None or config.update is not None or len(config.indices) != config.batch_size):
+        raise GifdError(
+            "--save-update saves the one update a run computes: give --out and one batch (as many --indices "
+            "as --batch-size), and no --update"
+        )
+    with torch_threads(config.threads):
+        return _run_experiment(config, out, progress, save_update)
+
+
+def _run_experiment(
+    config: ExperimentConfig, out: str | Path | None, progress: bool, save_update: bool
+) -> dict[str, Any]:
     generator = seed_everything(config.seed)
     if config.update is not None:
         return _attack_saved_update(config, out, progress)
     device = resolve_device(config.device)
-    _check_attacks(config)
     defense = parse_defense(config.defense)
     if out is not None:
-        check_output_dir(Path(out))
+        check_replaceable(Path(out), "run")
     private = load_images(config.images, config.resolution, config.indices)
     num_classes = config.num_classes or private.num_classes or 10
     labels = _private_labels(config, private, num_classes, generator)
@@ -121,14 +199,10 @@ def run_experiment(
             f"batch size {config.batch_size} exceeds the victim's {num_classes} classes, so its labels cannot "
             f"all differ as label inference {config.label_inference!r} assumes: pass --label-inference count"
         )
-    if len(private) % config.batch_size:
-        raise GifdError(
-            f"{len(private)} images do not split into batches of {config.batch_size}: "
-            "pass a number of --indices that is a multiple of --batch-size"
-        )
     prior = None
     if any(ATTACKS.get(name).needs_prior for name in config.attacks):
         prior = create_prior(config.prior, config.prior_weights, device)
+    check_attacks_fit(config, prior)
     batches, reconstructions = [], {name: [] for name in config.attacks}
     #: attack -> stage -> best images after that stage, one tensor per batch (staged attacks only).
     stage_images: dict[str, dict[int, list[torch.Tensor]]] = {}
@@ -151,13 +225,15 @@ def run_experiment(
             )
         )
         batches[-1]["utility_cost"] = utility
+        shared = update
     results = _results(
         config.model_copy(update={"num_classes": num_classes}), device, private, batches, defense
     )
     results["true_labels"] = labels.tolist()
     results["label_accuracy"] = float(np.mean([b["label_accuracy"] for b in batches]))
     if out is not None:
-        write_run(Path(out), results, private.images, *_joined(reconstructions, stage_images, len(batches)))
+        joined = _joined(reconstructions, stage_images, len(batches))
+        write_run(Path(out), results, private.images, *joined, update=shared if save_update else None)
     return results
 
 
@@ -185,7 +261,6 @@ def attack_received_update(
     calling this from a thread keeps its own random sampling).
     """
     validate_update(update, victim)
-    _check_attacks(config)
     if truth is not None and truth.labels is None:
         raise GifdError("the ground truth has no labels: give the client's images with their labels")
     if truth is not None and len(truth) != update.batch_size:
@@ -194,11 +269,12 @@ def attack_received_update(
             "give exactly the client's images"
         )
     if out is not None:
-        check_output_dir(Path(out))
+        check_replaceable(Path(out), "run")
     config = config.model_copy(update=_update_facts(update, config))
     generator = torch.Generator().manual_seed(config.seed)
     if prior is None and any(ATTACKS.get(name).needs_prior for name in config.attacks):
         prior = create_prior(config.prior, config.prior_weights, victim.device)
+    check_attacks_fit(config, prior)
     reconstructions: dict[str, list[torch.Tensor]] = {name: [] for name in config.attacks}
     stage_images: dict[str, dict[int, list[torch.Tensor]]] = {}
     batch = _attack_batch(
@@ -359,17 +435,12 @@ def _joined(
     )
 
 
-def _check_attacks(config: ExperimentConfig) -> None:
-    if not config.attacks:
-        raise GifdError("no attack given: pass --attack with one or more of " + ", ".join(ATTACKS.names()))
-    for name in [*config.attacks, *config.attack_settings]:
-        ATTACKS.get(name)
-    if config.label_inference not in LABEL_RULES:
-        raise GifdError(
-            f"unknown label inference {config.label_inference!r}: use one of {', '.join(LABEL_RULES)}"
-        )
-    if config.batch_size < 1:
-        raise GifdError(f"batch size must be at least 1, got {config.batch_size}")
+def check_attacks_fit(config: AttackPlan, prior: StagedGenerator | None) -> None:
+    """Each attack's settings against the loaded prior (e.g. GIFD's radii and stages against the
+    prior's stages), before any compute: a mismatch fails here, not after the other attacks ran."""
+    for name in config.attacks:
+        cls = ATTACKS.get(name)
+        cls(config.settings_for(name), progress=False, **({"prior": prior} if cls.needs_prior else {})).check()
 
 
 def _private_labels(
@@ -469,7 +540,7 @@ def _attack_batch(
     for name in config.attacks:
         cls = ATTACKS.get(name)
         extra = {"prior": prior} if cls.needs_prior else {}
-        attack = cls(_attack_settings(config, name), progress=progress, **extra)
+        attack = cls(config.settings_for(name), progress=progress, **extra)
         result: AttackResult = attack.run(target, generator)
         batch["attacks"][name] = result.summary()
         order = torch.arange(result.images.shape[0])
@@ -485,16 +556,6 @@ def _attack_batch(
         for stage in result.stages:
             stage_images.setdefault(name, {}).setdefault(stage.stage, []).append(stage.images[order].cpu())
     return batch
-
-
-def _attack_settings(config: ExperimentConfig, name: str) -> dict[str, Any]:
-    settings: dict[str, Any] = {}
-    if config.steps is not None:
-        settings["steps"] = config.steps
-    if config.restarts is not None:
-        settings["restarts"] = config.restarts
-    settings.update(config.attack_settings.get(name, {}))
-    return settings
 
 
 def _aggregate(name: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
@@ -541,23 +602,6 @@ def versions() -> dict[str, str]:
     }
 
 
-def check_output_dir(out: Path) -> None:
-    """Refuse an output path that is a file, or an existing directory that is not a gifd run.
-
-    Checked before any work, so a run never ends by failing to write, and never replaces a
-    directory that holds anything else.
-    """
-    if out.exists() and not out.is_dir():
-        raise GifdError(f"--out {out} is a file: pass a directory path")
-    if out.is_dir() and any(out.iterdir()) and not (out / "results.json").is_file():
-        raise GifdError(f"--out {out} exists and is not a gifd run: pass a new or empty directory")
-    parent = out.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise GifdError(f"--out {out} cannot be created (no writable directory above it): pass another path")
-
-
 def write_run(
     out: Path,
     results: dict[str, Any],
@@ -575,10 +619,11 @@ def write_run(
     images/<attack>_stage<S>_NNN.png for the report's stage progression.
 
     Everything goes into a staging directory beside `out`, which then replaces `out` (an earlier
-    run there is moved aside first and deleted last, so there is always one complete run).
+    run there is moved aside first and deleted last, so there is always one complete run). `out`
+    must be new, empty or a gifd run holding only gifd's files (`gifd.rundir`).
     """
     out = out.resolve()
-    check_output_dir(out)
+    check_replaceable(out, "run")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -607,6 +652,7 @@ def write_run(
         if update is not None:
             save_update(update, staging / UPDATE_FILE)
         (staging / "results.json").write_text(json.dumps(results, indent=2))
+        write_marker(staging, "run", files_below(staging))
         if out.exists():
             os.replace(out, old)
         os.replace(staging, out)

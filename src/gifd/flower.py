@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -37,15 +37,16 @@ from torch import Tensor
 
 from gifd.attacks import ATTACKS
 from gifd.client import Update, atomic_torch_save, victim_metadata
-from gifd.config import build_config
+from gifd.config import Count, build_config
 from gifd.data import ImageSet
 from gifd.device import resolve_device
 from gifd.errors import GifdError, list_some
-from gifd.experiment import AttackPlan, ExperimentConfig, attack_received_update
+from gifd.experiment import MAX_RESOLUTION, AttackPlan, ExperimentConfig, attack_received_update
 from gifd.fedavg import LocalTraining
 from gifd.imageio import write_atomically
 from gifd.priors import StagedGenerator, create_prior
 from gifd.report import write_audit_report, write_report
+from gifd.rundir import read_marker, write_marker
 from gifd.victims import Victim, create_victim, load_victim_state, normalization_name, same_normalization
 
 try:
@@ -90,16 +91,16 @@ class AuditConfig(AttackPlan):
 
     #: The trained model, as a gifd victim (architecture, input side, classes, normalisation).
     victim: str = "lenet"
-    resolution: int = 32
-    num_classes: int = 10
+    resolution: Annotated[int, Field(ge=8, le=MAX_RESOLUTION)] = 32
+    num_classes: Annotated[int, Field(ge=2)] = 10
     normalization: str = "imagenet"
     attacks: list[str] = Field(default_factory=lambda: ["gifd"])
     #: Rounds to attack (None: every round) and at most this many clients per round (None: all).
-    rounds: list[int] | None = None
-    clients_per_round: int | None = None
+    rounds: list[Count] | None = None
+    clients_per_round: Count | None = None
     #: Clients that trained on more examples than this are not attacked (inversion of a large
     #: local data set in one update is out of reach); they are listed as skipped.
-    max_examples: int = 16
+    max_examples: Count = 16
     #: A client reporting another normalisation than `normalization`: attack with the client's
     #: constants ("adopt") or do not attack it ("skip"). Either way the report says so.
     on_normalization_mismatch: Literal["adopt", "skip"] = "adopt"
@@ -113,9 +114,7 @@ class AuditConfig(AttackPlan):
 
 def audit_config(values: Mapping[str, Any], source: str = "audit config") -> AuditConfig:
     """Validate settings into an AuditConfig (one-line errors naming the key)."""
-    config = build_config(AuditConfig, dict(values), source)
-    for name in [*config.attacks, *config.attack_settings]:
-        ATTACKS.get(name)  # an unknown attack fails here, naming the known ones
+    config = build_config(AuditConfig, dict(values), source)  # attacks checked by AttackPlan
     unknown = sorted(set(config.keys) - set(DEFAULT_KEYS))
     if unknown:
         raise GifdError(
@@ -603,6 +602,8 @@ class FlowerAudit:
                     "clients": json.loads(json.dumps(self.records)),
                 }
             self.out.mkdir(parents=True, exist_ok=True)
+            if read_marker(self.out) is None:
+                write_marker(self.out, "audit", ["audit.json", "report.html"])
             text = json.dumps(document, indent=2).encode()
             write_atomically(self.out / "audit.json", lambda handle: handle.write(text))
             if report:

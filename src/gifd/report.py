@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gifd.errors import GifdError
 from gifd.imageio import image_to_data_uri, upscale_nearest, write_atomically
+from gifd.rundir import read_marker, record_files, stage_image_name
 
 __all__ = [
     "REPORT_NAME",
@@ -64,23 +65,30 @@ LABEL_RULE_WORDS = {
 
 
 # ----------------------------------------------------------------------------------------- public
-def stage_image_name(attack: str, stage: int, index: int) -> str:
-    """Path, relative to a run directory, of image `index`'s best reconstruction after `stage`."""
-    return f"images/{attack}_stage{stage}_{index:03d}.png"
-
-
 def load_results(run_dir: str | Path) -> dict[str, Any]:
     """The parsed results.json of `run_dir`, checked to be a gifd run (GifdError naming the fix)."""
     run_dir = Path(run_dir)
     path = run_dir / "results.json"
+    if run_dir.is_file():
+        raise GifdError(f"{run_dir} is a file, not a run directory: pass the --out directory of a `gifd attack` run")
     if not run_dir.is_dir():
         raise GifdError(
             f"run directory {run_dir} does not exist: pass the --out directory of a `gifd attack` run"
         )
+    kind = (read_marker(run_dir) or {}).get("kind")
+    if kind == "sweep" or (run_dir / "sweep.json").is_file():
+        raise GifdError(
+            f"{run_dir} is a sweep, whose summary is {run_dir}/aggregate.md and plots/: pass one of its "
+            f"jobs, {run_dir}/jobs/<id>"
+        )
+    if kind == "audit":
+        raise GifdError(
+            f"{run_dir} is a Flower audit, whose report is {run_dir}/report.html: pass one of its runs, "
+            f"{run_dir}/round_RRR/client_ID"
+        )
     if not path.is_file():
         raise GifdError(
-            f"no results.json in {run_dir}: pass the --out directory of a finished `gifd attack` run "
-            f"(or create one with `gifd attack --out {run_dir}`)"
+            f"no results.json in {run_dir}: pass the --out directory of a finished `gifd attack` run"
         )
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
@@ -104,7 +112,9 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     page = render_report(results, run_dir)
-    return write_atomically(run_dir / REPORT_NAME, lambda handle: handle.write(page.encode("utf-8")))
+    path = write_atomically(run_dir / REPORT_NAME, lambda handle: handle.write(page.encode("utf-8")))
+    record_files(run_dir, [REPORT_NAME])
+    return path
 
 
 def render_report(results: dict[str, Any], run_dir: str | Path) -> str:

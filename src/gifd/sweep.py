@@ -63,11 +63,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gifd.attacks import ATTACKS
 from gifd.config import build_config, read_yaml
 from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, run_experiment
 from gifd.imageio import write_atomically
+from gifd.rundir import check_replaceable, read_marker, write_marker
 
 __all__ = [
     "Job",
@@ -87,6 +87,8 @@ __all__ = [
 Executor = Literal["local", "ray"]
 EXECUTORS: tuple[str, ...] = ("local", "ray")
 
+#: torch threads of every job unless the sweep sets `threads` (in base or as an axis).
+DEFAULT_JOB_THREADS = 1
 #: Grid key that expands to one job per image: `images_each: [0, 1]` == `indices: [[0], [1]]`.
 IMAGES_EACH = "images_each"
 #: Metric columns of the aggregate: key -> (header, higher is better).
@@ -164,6 +166,9 @@ def sweep_from_dict(values: dict[str, Any], source: str = "sweep", root: str | P
     else:
         base = dict(spec.base)
         base_source = f"{source} base"
+    # Every job runs on a fixed number of torch threads, so its numbers do not depend on --workers
+    # (float sums split over threads round differently).
+    base.setdefault("threads", DEFAULT_JOB_THREADS)
     build_config(ExperimentConfig, base, base_source)  # base errors name the base, not a job
     axes = _grid_axes(spec.grid, source)
     sweep = Sweep(source=source, base=base, axes=axes)
@@ -173,7 +178,6 @@ def sweep_from_dict(values: dict[str, Any], source: str = "sweep", root: str | P
         name = _job_name(chosen)
         config = build_config(ExperimentConfig, {**base, **chosen}, f"{source} job {name}")
         job = Job(id=f"{name}-{config_hash(config)}", axes=chosen, config=config)
-        _preflight(job, source)
         if job.id in seen:
             raise GifdError(
                 f"{source}: jobs {seen[job.id].axes} and {chosen} have the same settings: drop one"
@@ -258,36 +262,6 @@ def config_hash(config: ExperimentConfig) -> str:
     """
     explicit = config.model_dump(mode="json", exclude_defaults=True)
     return hashlib.sha256(json.dumps(explicit, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def _preflight(job: Job, source: str) -> None:
-    """Cheap checks that would otherwise fail a job only when it runs."""
-    config = job.config
-    for name in [*config.attacks, *config.attack_settings]:
-        try:
-            ATTACKS.get(name)
-        except GifdError as exc:
-            raise GifdError(f"{source}: job {job.id}: {exc}") from None
-    if not config.attacks:
-        raise GifdError(f"{source}: job {job.id} has no attack: give attacks in base or grid")
-    if config.batch_size < 1:
-        raise GifdError(f"{source}: job {job.id}: batch_size must be at least 1, got {config.batch_size}")
-    defense = getattr(config, "defense", None)
-    if isinstance(defense, str) and defense.strip().lower() != "none":
-        try:
-            from gifd.defenses import parse_defense
-        except ImportError:  # a version without defenses: run_experiment reports it
-            parse_defense = None
-        if parse_defense is not None:
-            try:
-                parse_defense(defense)
-            except GifdError as exc:
-                raise GifdError(f"{source}: job {job.id}: {exc}") from None
-    if len(config.indices) % config.batch_size:
-        raise GifdError(
-            f"{source}: job {job.id}: {len(config.indices)} images do not split into batches of "
-            f"{config.batch_size}: give indices whose count is a multiple of every batch_size"
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,16 +366,17 @@ def _prepare_out(out: Path, sweep: Sweep) -> Path:
     """Check OUT is new, empty or a sweep's; create OUT/jobs; drop half-written job directories."""
     if out.exists() and not out.is_dir():
         raise GifdError(f"--out {out} is a file: pass a directory path")
-    if out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").is_file():
-        raise GifdError(f"--out {out} exists and is not a gifd sweep: pass a new or empty directory")
+    check_replaceable(out, "sweep")
     jobs_dir = out / "jobs"
     try:
         jobs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GifdError(f"cannot create --out {out}: {exc.strerror}: pass another path") from exc
-    for leftover in jobs_dir.glob(".*"):  # staging directories of jobs killed while writing
+    for leftover in jobs_dir.glob(".*.tmp-*"):  # staging directories of jobs killed while writing
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
+    if read_marker(out) is None:
+        write_marker(out, "sweep", ["sweep.json", "aggregate.json", "aggregate.md"])
     resolved = {
         "source": sweep.source,
         "base": sweep.base,
@@ -429,23 +404,19 @@ def job_is_finished(job: Job, job_dir: str | Path) -> bool:
     return found == expected
 
 
-def _run_one(config: ExperimentConfig, job_dir: str, threads: int | None = None) -> None:
+def _run_one(config: ExperimentConfig, job_dir: str) -> None:
     """Run one job into its directory (in a worker process, or in this one)."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     run_experiment(config, job_dir, progress=False)
 
 
-def _run_packed(config: ExperimentConfig, threads: int | None = None) -> dict[str, bytes]:
+def _run_packed(config: ExperimentConfig) -> dict[str, bytes]:
     """Run one job into a temporary directory and return its files (path -> bytes).
 
     Used by Ray tasks: the worker may be on another machine, so the driver writes the files.
     """
     with tempfile.TemporaryDirectory(prefix="gifd-job-") as temp:
         run_dir = Path(temp) / "run"
-        _run_one(config, str(run_dir), threads)
+        _run_one(config, str(run_dir))
         return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
 
 
@@ -463,6 +434,7 @@ def _unpack(files: dict[str, bytes], job_dir: Path) -> None:
         os.umask(umask)
         staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a job directory is not
         if job_dir.exists():
+            check_replaceable(job_dir, "run", flag="job directory")
             shutil.rmtree(job_dir)
         os.replace(staging, job_dir)
     except BaseException:
@@ -497,21 +469,9 @@ def _run_here(todo: list[Job], jobs_dir: Path) -> Iterator[tuple[Job, dict[str, 
             yield job, None
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def _run_pool(todo: list[Job], jobs_dir: Path, workers: int) -> Iterator[tuple[Job, dict[str, str] | None]]:
-    """Jobs in `workers` spawned processes, each with its share of the cores as torch threads."""
-    threads = max(1, _cores() // workers)
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(threads,),
-    )
+    """Jobs in `workers` spawned processes (each job sets its own torch threads, `threads`)."""
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         futures = {pool.submit(_run_one, job.config, str(jobs_dir / job.id)): job for job in todo}
         for future in as_completed(futures):
@@ -558,13 +518,12 @@ def _run_ray(
             f"Ray ready in {time.perf_counter() - started:.1f} s: {ray.cluster_resources().get('CPU', 0):g} CPUs, {gpus:g} GPUs"
         )
         task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(_run_packed)
-        threads = None if address else max(1, _cores() // (workers or _cores()))
         limit = workers or len(todo)
         queue = list(todo)
         while queue or pending:
             while queue and len(pending) < limit:
                 job = queue.pop(0)
-                pending[task.remote(job.config, threads)] = job
+                pending[task.options(num_cpus=job.config.threads or 1).remote(job.config)] = job
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 job = pending.pop(ref)

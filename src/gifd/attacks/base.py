@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from gifd.attacks.objectives import GradientDistance, gradient_distance
 from gifd.client import Update, validate_update
-from gifd.config import build_config
+from gifd.config import Count, NonNegative, Positive, build_config
 from gifd.defenses import Defense
 from gifd.errors import GifdError
 from gifd.fedavg import LocalTraining, simulate_local_training
@@ -43,14 +43,14 @@ class AttackConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    steps: int = 1000
-    restarts: int = 4
-    lr: float = 0.1
+    steps: Count = 1000
+    restarts: Count = 4
+    lr: Positive = 0.1
     distance: GradientDistance = "cosine"
     #: Optional weight per gradient tensor (in the victim's parameter order).
-    layer_weights: list[float] | None = None
+    layer_weights: list[NonNegative] | None = None
     #: Log (and record the loss curve) every this many steps.
-    log_every: int = 25
+    log_every: Count = 25
     #: Compute the restarts' gradient losses as one batched computation (torch.func vmap over the
     #: restarts); false: one restart after another. Both give the same numbers up to float
     #: rounding; the sequential loop stays for comparison and for victims vmap cannot batch.
@@ -377,6 +377,10 @@ class Attack:
             raise GifdError(f"{self.name} takes a {self.Config.__name__}, got {type(config).__name__}")
         self.config = config
         self.progress = progress
+
+    def check(self) -> None:
+        """Raise a GifdError if the settings cannot work with this attack's inputs (e.g. its
+        prior); called before any compute. Settings alone are checked by the Config."""
 
     def run(self, target: Target, generator: torch.Generator) -> AttackResult:
         raise NotImplementedError

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -51,6 +51,7 @@ from gifd.attacks.base import (
 )
 from gifd.attacks.objectives import restart_image_norm, restart_total_variation
 from gifd.attacks.projection import project_l1_ball
+from gifd.config import Count, Index, NonNegative
 from gifd.errors import GifdError
 from gifd.priors.base import Context, StagedGenerator, Variables
 
@@ -59,21 +60,22 @@ class GenerativeConfig(AttackConfig):
     """Settings of an attack that searches a generative prior."""
 
     #: Regularisers on the victim-resolution images in [0, 1] (paper: TV 1e-4, norm 1e-6).
-    tv: float = 1e-4
-    norm: float = 1e-6
+    tv: NonNegative = 1e-4
+    norm: NonNegative = 1e-6
 
 
 class GIFDConfig(GenerativeConfig):
     """GIFD's settings. `steps` is the total budget per restart, split evenly over the stages run
     (the first stages get the remainder) unless `stage_steps` gives each stage its own."""
 
-    steps: int = 13000
+    steps: Count = 13000
     #: First and last stage to run (inclusive); None = the prior's last stage.
-    stage_start: int = 0
-    stage_end: int | None = None
-    stage_steps: list[int] | None = None
-    #: l1 radius per stage (None = the prior's defaults); `ball: false` disables the projection.
-    radii: list[float] | None = None
+    stage_start: Index = 0
+    stage_end: Index | None = None
+    stage_steps: list[Count] | None = None
+    #: l1 radius per stage (None = the prior's defaults; inf: no ball in that stage); `ball: false`
+    #: disables the projection.
+    radii: list[Annotated[float, Field(ge=0)]] | None = None
     ball: bool = True
     #: Schedule: linear warm-up over this fraction of a stage's steps, flat until `flat`, then cosine to 0.
     warmup: float = Field(0.05, ge=0, le=1)
@@ -255,6 +257,11 @@ class GIFD(GenerativeAttack):
                 f"{self.name}: {len(radii)} radii for a prior with {self.prior.num_stages} stages"
             )
         return list(radii)
+
+    def check(self) -> None:
+        """Stages, their budgets and radii against the prior."""
+        self.stage_budget(self.stages())
+        self.radii()
 
     def run(self, target: Target, generator: torch.Generator) -> AttackResult:
         cfg, prior = self.config, self.prior

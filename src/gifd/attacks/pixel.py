@@ -35,28 +35,29 @@ from gifd.attacks.base import (
     register_attack,
 )
 from gifd.attacks.objectives import GradientDistance, restart_image_norm, restart_total_variation
+from gifd.config import Count, Fraction, Index, NonNegative
 
 
 class PixelConfig(AttackConfig):
     """Settings of a pixel-space attack."""
 
-    steps: int = 15000
-    tv: float = 1e-4
-    norm: float = 0.0
+    steps: Count = 15000
+    tv: NonNegative = 1e-4
+    norm: NonNegative = 0.0
     #: Adam on the sign of the gradient (IG's code) or on the gradient itself.
     signed: bool = False
     #: Fractions of the steps at which the learning rate is multiplied by 0.1.
-    decay_at: list[float] = Field(default_factory=lambda: [3 / 8, 5 / 8, 7 / 8])
+    decay_at: list[Fraction] = Field(default_factory=lambda: [3 / 8, 5 / 8, 7 / 8])
     #: Group consistency (GI): weight, first step, refresh interval of the restart mean.
-    group: float = 0.0
-    group_start: int = 500
-    group_every: int = 100
+    group: NonNegative = 0.0
+    group_start: Index = 500
+    group_every: Count = 100
 
 
 class GIConfig(PixelConfig):
     distance: GradientDistance = "l2"
-    norm: float = 1e-6
-    group: float = 0.01
+    norm: NonNegative = 1e-6
+    group: NonNegative = 0.01
 
 
 class PixelAttack(Attack):

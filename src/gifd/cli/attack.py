@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gifd.attacks import ATTACKS, LABEL_RULES
-from gifd.config import read_yaml
-from gifd.data import builtin_sources
-from gifd.defenses import parse_defense_sweep
-from gifd.experiment import ExperimentConfig, experiment_config, run_experiment
-from gifd.sweep import format_aggregate_table, run_sweep, sweep_from_dict
-from gifd.victims import NORMALIZATIONS, victim_names
+from gifd import catalog
+from gifd.cli import command_help
+
+if TYPE_CHECKING:
+    from gifd.experiment import ExperimentConfig
 
 
 def _ints(text: str) -> list[int]:
@@ -28,11 +26,16 @@ def _names(text: str) -> list[str]:
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "attack",
-        help="reconstruct a private batch from its update and score the reconstruction",
+        help=command_help("attack"),
         description="Compute a client's update of a private batch, attack it, write results.json and PNGs.",
     )
     add_experiment_arguments(parser)
     parser.add_argument("--out", default="runs/attack", help="output directory (default: runs/attack)")
+    parser.add_argument(
+        "--save-update",
+        action="store_true",
+        help="also save the client's update as OUT/update.pt (attack it again later with --update)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -40,17 +43,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags for every key of ExperimentConfig; None means 'not given' (the file or default wins)."""
     add = parser.add_argument
-    add("--config", help="YAML file of settings; flags override its keys")
-    add("--victim", help=f"victim model: {', '.join(victim_names())} (default convnet)")
+    add(
+        "--config",
+        help="YAML file of settings; flags override its keys. Relative paths in it (images, weights, "
+        "update) are taken from the working directory, not from the file's folder",
+    )
+    add("--victim", help=f"victim model: {', '.join(catalog.VICTIMS)} (default convnet)")
     add("--resolution", type=int, help="image side in pixels (default 32)")
     add("--num-classes", type=int, help="victim class count (default: the image source's, else 10)")
     add("--victim-weights", help="state-dict file of a trained victim (default: seeded random init)")
-    add("--normalization", help=f"victim input normalisation: {', '.join(NORMALIZATIONS)} (default imagenet)")
-    add("--images", help=f"builtin:NAME ({', '.join(builtin_sources())}), a folder, or comma-separated files")
-    add("--indices", type=_ints, help="which images of the source, e.g. 0,1,2,3 (default 0)")
+    add("--normalization", help=f"victim input normalisation: {', '.join(catalog.NORMALIZATIONS)} (default imagenet)")
+    add(
+        "--images",
+        help=f"builtin:NAME ({', '.join(catalog.IMAGE_SOURCES)}), a folder, or comma-separated files "
+        "(default builtin:cifar10)",
+    )
+    add(
+        "--indices",
+        type=_ints,
+        help="which images of the source, e.g. 0,1,2,3 (default: the first --batch-size images)",
+    )
     add("--batch-size", type=int, help="images per client update (default 1)")
     add("--labels", type=_ints, help="private labels, one per image (default: the source's own)")
-    add("--attack", dest="attacks", type=_names, help=f"comma-separated: {', '.join(ATTACKS.names())}")
+    add("--attack", dest="attacks", type=_names, help=f"comma-separated: {', '.join(catalog.ATTACKS)}")
     add(
         "--prior",
         help="generative prior of the GAN-based attacks (see `gifd priors`; default digiface-dcgan64)",
@@ -69,7 +84,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     add("--local-steps", type=int, help="multi-step FedAvg: local SGD steps (default: one FedSGD gradient)")
     add("--local-lr", type=float, help="FedAvg local learning rate (default 1e-4)")
     add("--local-batch-size", type=int, help="FedAvg local mini-batch size (default: the whole batch)")
-    add("--label-inference", help=f"label inference rule: {', '.join(LABEL_RULES)} (default unique)")
+    add("--label-inference", help=f"label inference rule: {', '.join(catalog.LABEL_RULES)} (default unique)")
     add(
         "--update",
         help="attack this saved update (e.g. a Flower audit's update.pt) instead of computing one; its "
@@ -82,11 +97,15 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
         help="threat model: the client sends its labels",
     )
     add("--seed", type=int, help="seed of everything random (default 0)")
+    add("--threads", type=int, help="torch CPU threads for the run (default: torch's own choice)")
     add("--device", help="cpu, cuda, cuda:N or auto (default auto: CUDA if available)")
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """The config file's keys, overridden by every flag that was given."""
+    from gifd.config import read_yaml
+    from gifd.experiment import ExperimentConfig, experiment_config
+
     values: dict[str, Any] = read_yaml(args.config) if args.config else {}
     source = args.config or "command line"
     for key in ExperimentConfig.model_fields:
@@ -97,9 +116,17 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def run(args: argparse.Namespace) -> None:
+    from gifd.defenses import parse_defense_sweep
+    from gifd.errors import GifdError
+    from gifd.experiment import run_experiment
+    from gifd.report import write_report
+    from gifd.sweep import format_aggregate_table, run_sweep, sweep_from_dict
+
     config = config_from_args(args)
     settings = [d.spec() for d in parse_defense_sweep(config.defense)] if config.defense else []
     if len(settings) > 1:
+        if args.save_update:
+            raise GifdError("--save-update saves the update of one run, not of a --defense sweep: drop one")
         # `--defense prune:0.1,0.3,0.5`: one run per setting, as a sweep over the defense axis, with
         # plots of reconstruction quality and the update's utility cost against the strength.
         base = config.model_dump(mode="json", exclude={"defense"}, exclude_defaults=True)
@@ -108,9 +135,10 @@ def run(args: argparse.Namespace) -> None:
         print(format_aggregate_table(aggregate))
         print(f"one results.json per setting under {args.out}/jobs; aggregate and plots in {args.out}")
         return
-    results = run_experiment(config, args.out, progress=not args.quiet)
+    results = run_experiment(config, args.out, progress=not args.quiet, save_update=args.save_update)
+    report = write_report(args.out)
     print(format_table(results))
-    print(f"results written to {args.out}/results.json")
+    print(f"results written to {args.out}/results.json; report: {report}")
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
+from gifd.cli import command_help
 from gifd.cli.attack import format_table
-from gifd.experiment import ExperimentConfig, run_experiment
+
+if TYPE_CHECKING:
+    from gifd.experiment import ExperimentConfig
 
 DEMO = {
     "victim": "convnet",
@@ -26,10 +30,10 @@ QUICK = {"indices": [0], "steps": 100, "restarts": 1}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("demo", help="run the built-in default attack and write an HTML report")
+    parser = sub.add_parser("demo", help=command_help("demo"))
     parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     parser.add_argument(
-        "--quick", action="store_true", help="one image and a short schedule (about a minute)"
+        "--quick", action="store_true", help="one image, 100 steps, one restart (about 15 s on 2 CPU cores)"
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     parser.add_argument("--seed", type=int, default=0)
@@ -39,10 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def demo_config(quick: bool = False, device: str = "auto", seed: int = 0) -> ExperimentConfig:
     """The demo's experiment config."""
-    return ExperimentConfig(**DEMO, **(QUICK if quick else FULL), device=device, seed=seed)
+    from gifd.experiment import experiment_config
+
+    return experiment_config({**DEMO, **(QUICK if quick else FULL), "device": device, "seed": seed}, "command line")
 
 
 def run(args: argparse.Namespace) -> None:
+    from gifd.experiment import run_experiment
     from gifd.report import write_report
 
     start = time.perf_counter()

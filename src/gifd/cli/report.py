@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from gifd.cli import command_help
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "report",
-        help="rebuild the HTML report of a run directory",
+        help=command_help("report"),
         description=(
             "Read DIR/results.json and the PNGs of a `gifd attack --out DIR` run and write DIR/report.html: "
             "one self-contained page (images embedded) that opens offline in any browser."

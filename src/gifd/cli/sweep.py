@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gifd.cli import command_help
 from gifd.errors import GifdError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "sweep",
-        help="run every combination of a sweep file's settings (resumable; local processes or Ray)",
+        help=command_help("sweep"),
         description=(
             "Run the jobs of SWEEP.yaml (base settings x grid axes) into OUT/jobs/<id>/, skip jobs "
             "finished by an earlier run, then write OUT/aggregate.json, OUT/aggregate.md and OUT/plots/."
