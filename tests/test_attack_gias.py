@@ -13,6 +13,7 @@ from gifd.client import compute_update
 from gifd.errors import GifdError
 from gifd.priors import create_prior
 from gifd.priors.base import StagedGenerator
+from gifd.priors.dcgan import DCGANGenerator, DCGANPrior, init_dcgan_weights
 from gifd.victims import create_victim
 from tolerances import kernel_atol
 
@@ -237,3 +238,40 @@ def test_falls_back_to_one_copy_at_a_time_when_vmap_fails(target) -> None:
         GIAS({"steps": 4, "restarts": 1}, prior=BranchingPrior(False), progress=False).run(
             target, torch.Generator().manual_seed(0)
         )
+
+
+def random_dcgan(scale: float = 1.0) -> DCGANPrior:
+    """A small DCGAN with the DCGAN initialisation (kernels N(0, 0.02)), kernels times `scale`."""
+    net = DCGANGenerator(nz=8, ngf=8, resolution=32)
+    init_dcgan_weights(net, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.ndim >= 2:
+                p.mul_(scale)
+    return DCGANPrior(net).requires_grad_(False)
+
+
+def test_dcgan_fine_tune_lr_follows_the_weight_scale_rule() -> None:
+    for scale in (1.0, 10.0):
+        prior = random_dcgan(scale)
+        kernels = torch.cat([p.flatten() for p in prior.parameters() if p.ndim >= 2]).double()
+        expected = float(f"{2.5e-3 * float(kernels.pow(2).mean().sqrt()):.1g}")
+        assert prior.gias_finetune_lr() == expected
+    assert random_dcgan(1.0).gias_finetune_lr() == 5e-5  # rms 0.02 x 2.5e-3
+    assert random_dcgan(10.0).gias_finetune_lr() == 5e-4
+
+
+def test_fine_tune_uses_the_prior_default_unless_set_and_records_it(target) -> None:
+    prior = random_dcgan()  # default 5e-5, not the single value 1e-4 every prior had before
+    settings = {"steps": 6, "restarts": 1, "latent_fraction": 0.5, "log_every": 1}
+    default = GIAS(settings, prior=prior, progress=False).run(target, torch.Generator().manual_seed(0))
+    explicit = GIAS({**settings, "finetune_lr": 5e-5}, prior=prior, progress=False).run(
+        target, torch.Generator().manual_seed(0)
+    )
+    other = GIAS({**settings, "finetune_lr": 1e-4}, prior=prior, progress=False).run(
+        target, torch.Generator().manual_seed(0)
+    )
+    assert default.loss_history == explicit.loss_history
+    assert default.loss_history != other.loss_history
+    assert default.summary()["settings"] == {"finetune_lr": 5e-5}
+    assert other.summary()["settings"] == {"finetune_lr": 1e-4}

@@ -96,3 +96,11 @@ def test_schedule_warms_up_stays_flat_then_decays_to_zero() -> None:
     assert all(f == 1.0 for f in factors[5:25])
     assert factors[62] == pytest.approx(0.5 * (1 + math.cos(math.pi * 37 / 75)))
     assert factors[-1] < 0.001 and all(a >= b for a, b in itertools.pairwise(factors[25:]))
+
+
+@pytest.mark.parametrize("total", [1, 2, 10, 19, 33, 300])
+def test_schedule_never_exceeds_the_flat_lr(total: int) -> None:
+    # 0.05 x 10 = 0.5 warm-up steps (step 0 was 2.0); 0.05 x 33 = 1.65 (step 1 was 1.21).
+    factors = [lr_factor(s, total, 0.05, 0.25) for s in range(total)]
+    assert max(factors) == 1.0
+    assert all(a <= b for a, b in itertools.pairwise(factors[: max(1, math.ceil(0.25 * total))]))

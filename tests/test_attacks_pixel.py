@@ -1,8 +1,11 @@
+import math
+
 import pytest
 import torch
 
 from gifd.attacks import ATTACKS, Target
 from gifd.attacks.base import GradientMatcher
+from gifd.attacks.pixel import group_consistency
 from gifd.client import compute_update
 from gifd.errors import GifdError
 from gifd.metrics import psnr
@@ -48,6 +51,19 @@ def test_gi_runs_with_group_consistency(lenet_target) -> None:
     assert (
         result.steps == 12 and len(result.loss_history) == 2 and all(len(h) == 3 for h in result.loss_history)
     )
+
+
+def test_group_consistency_is_gi_l2_distance_to_the_group_mean() -> None:
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randn(3, 2, 3, 8, 8, generator=gen, dtype=torch.float64)
+    mean = inputs.mean(0)
+    # Independent reference: sqrt of the summed squares of each restart's difference, in Python floats.
+    reference = sum(
+        math.sqrt(sum(float(v) ** 2 for v in (inputs[r] - mean).flatten())) for r in range(3)
+    )
+    assert float(group_consistency(inputs, mean)) == pytest.approx(reference, rel=1e-12)
+    # A scaled difference scales the term linearly (a distance, not a squared distance).
+    assert float(group_consistency(mean + 2 * (inputs - mean), mean)) == pytest.approx(2 * reference, rel=1e-12)
 
 
 def test_seed_makes_attacks_reproducible(lenet_target) -> None:

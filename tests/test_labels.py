@@ -6,6 +6,7 @@ import torch
 from gifd.attacks import infer_labels
 from gifd.client import compute_update
 from gifd.errors import GifdError
+from gifd.fedavg import compute_fedavg_update
 from gifd.metrics import label_accuracy
 from gifd.victims import create_victim
 
@@ -61,6 +62,25 @@ def test_delta_updates_flip_the_sign(cifar32) -> None:
     update.tensors = {k: -0.1 * v for k, v in update.tensors.items()}
     update.kind = "delta"
     assert infer_labels(update, victim).tolist() == [2, 7]
+
+
+@pytest.mark.parametrize("name", ["convnet", "resnet18"])
+@pytest.mark.parametrize(("steps", "lr", "local_batch"), [(1, 1e-4, None), (3, 1e-4, None), (4, 1e-3, 2)])
+def test_count_rule_reads_a_fedavg_delta_at_the_gradient_scale(name, steps, lr, local_batch, cifar32) -> None:
+    # A delta is -lr x the sum of the steps' gradients: read as a gradient it gave [0, 0, 0, 0].
+    victim = create_victim(name, resolution=32, num_classes=10, seed=0)
+    labels = torch.tensor([1, 3, 3, 7])
+    update = compute_fedavg_update(
+        victim, cifar32[:4], labels, local_steps=steps, local_lr=lr, local_batch_size=local_batch
+    )
+    assert infer_labels(update, victim, "count").tolist() == [1, 3, 3, 7]
+
+
+def test_scale_free_rules_read_a_fedavg_delta(cifar32) -> None:
+    victim = create_victim("convnet", resolution=32, num_classes=10, seed=0)
+    update = compute_fedavg_update(victim, cifar32[:4], torch.tensor([2, 9, 0, 5]), local_steps=2, local_lr=1e-4)
+    for rule in ("unique", "paper", "count"):
+        assert infer_labels(update, victim, rule).tolist() == [0, 2, 5, 9]
 
 
 def test_unique_rule_refuses_batches_larger_than_the_class_count(cifar32) -> None:

@@ -409,3 +409,7 @@ def test_registry_entries() -> None:
     for side in (128, 256, 512):
         entry = PRIORS[f"biggan-deep-{side}"]
         assert "pytorch-pretrained-biggan" in entry.weights_source and entry.default_weights() is None
+
+
+def test_gias_fine_tune_lr_is_the_published_value(prior_128: BigGANDeep) -> None:
+    assert prior_128.gias_finetune_lr() == 1e-5  # Jeon et al. 2021, BigGAN

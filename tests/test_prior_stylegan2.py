@@ -453,3 +453,7 @@ def test_bad_stage_variables(small_model):
     variables["w"] = variables["w"][:, :3]
     with pytest.raises(GifdError, match="'w' has shape"):
         small_model(0, variables, {})
+
+
+def test_gias_fine_tune_lr_is_the_published_value(small_model):
+    assert small_model.gias_finetune_lr() == 1e-3  # Jeon et al. 2021, StyleGAN2

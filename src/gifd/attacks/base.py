@@ -333,6 +333,9 @@ class AttackResult:
     steps: int
     seconds: float
     stages: list[StageResult] = field(default_factory=list)
+    #: Settings the attack resolved itself rather than took from its config (e.g. GIAS's fine-tune
+    #: lr from the prior), recorded in results.json.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def loss(self) -> float:
@@ -349,6 +352,7 @@ class AttackResult:
             "steps": self.steps,
             "seconds": round(self.seconds, 3),
             "loss_history": {"steps": self.log_steps, "losses": self.loss_history},
+            "settings": dict(self.settings),
             "stages": [
                 {
                     "stage": s.stage,

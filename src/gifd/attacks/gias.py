@@ -32,9 +32,10 @@ Budget. `steps` is the total per restart; the latent phase gets round(steps x `l
 (at least 1, at most steps - 1) and the fine-tune the rest. The default 1/9 is the original's
 1000 latent + 8000 fine-tune iterations.
 
-Learning rate of the fine-tune. The original uses 1e-5 for BigGAN and 1e-3 for StyleGAN2 (whose
-equalised-learning-rate weights are stored at unit scale). The default here, 1e-4, is for the DCGAN
-priors. Measured on the face prior (LeNet victim, CIFAR image 0 at 32 px, 2 restarts, 30 latent +
+Learning rate of the fine-tune: `finetune_lr`, by default the prior's `gias_finetune_lr()` (the
+value used is in the result's `settings`). The original uses 1e-5 for BigGAN and 1e-3 for StyleGAN2
+(whose equalised-learning-rate weights are stored at unit scale), and those priors default to them;
+the DCGAN priors follow a weight-scale rule (1e-4 for the face prior, see `DCGANPrior`). Measured on the face prior (LeNet victim, CIFAR image 0 at 32 px, 2 restarts, 30 latent +
 300 fine-tune steps; gradient loss / PSNR of the fine-tune phase; latent phase 0.115 / 12.4 dB):
 3e-5 0.0030 / 22.0 dB, 1e-4 0.0006 / 26.8 dB, 3e-4 0.0002 / 30.3 dB, 1e-3 0.0001 / 32.1 dB (GIFD
 with the same 330 steps: 0.0019 / 21.8 dB). ConvNet victim, batch of 4, 1 restart, 20 + 200 steps:
@@ -87,8 +88,6 @@ from gifd.attacks.gifd import GIFD, GenerativeAttack, GenerativeConfig, GIFDConf
 from gifd.errors import GifdError
 from gifd.priors.base import Context, StagedGenerator, Variables
 
-#: Fine-tune lr, chosen for the DCGAN priors (measurements in the module docstring).
-DEFAULT_FINETUNE_LR = 1e-4
 #: The original's split: 1000 latent iterations of 9000 in all.
 DEFAULT_LATENT_FRACTION = 1000 / 9000
 
@@ -102,7 +101,8 @@ class GIASConfig(GenerativeConfig):
     lr: None = None  # type: ignore[assignment]
     latent_fraction: float = Field(DEFAULT_LATENT_FRACTION, gt=0, lt=1)
     latent_lr: float = Field(0.03, gt=0)
-    finetune_lr: float = Field(DEFAULT_FINETUNE_LR, gt=0)
+    #: None: the prior's own default (`StagedGenerator.gias_finetune_lr`).
+    finetune_lr: float | None = Field(None, gt=0)
     #: Schedule of both phases (GIFD's): linear warm-up over this fraction, flat until `flat`, cosine to 0.
     warmup: float = Field(0.05, ge=0, le=1)
     flat: float = Field(0.25, ge=0, le=1)
@@ -225,9 +225,15 @@ class GIAS(GenerativeAttack):
             steps=cfg.steps,
             seconds=clock.elapsed(),
             stages=phases,
+            settings={"finetune_lr": self.finetune_lr()},
         )
 
     # ------------------------------------------------------------------------------------- parts
+    def finetune_lr(self) -> float:
+        """The fine-tune lr: `finetune_lr` if given, else the prior's default."""
+        cfg = self.config
+        return cfg.finetune_lr if cfg.finetune_lr is not None else self.prior.gias_finetune_lr()
+
     def tuned_parameter_names(self, latents: Variables, context: Context) -> list[str]:
         """Names of the prior's parameters that the stage-0 image depends on (one backward, batch 1)."""
         named = {k: p.detach().requires_grad_(True) for k, p in self.prior.named_parameters()}
@@ -317,7 +323,7 @@ class GIAS(GenerativeAttack):
         # `batched` (the shared setting for vmapped restarts) also chooses between vmapped and
         # one-by-one rendering of the copies.
         batched = cfg.batched
-        optimizer = _adam(params, cfg.finetune_lr)
+        optimizer = _adam(params, self.finetune_lr())
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, max(steps, 1), cfg.warmup, cfg.flat)
         )

@@ -115,10 +115,14 @@ class NoBallConfig(GIFDConfig):
 
 
 def lr_factor(step: int, total: int, warmup: float, flat: float) -> float:
-    """GIFD's schedule at `step` of `total`: linear warm-up, flat, cosine decay to 0."""
+    """GIFD's schedule at `step` of `total`: linear warm-up, flat, cosine decay to 0.
+
+    The warm-up factor is capped at 1: when warm-up x total is fractional or below 1, the last
+    warm-up step (step + 1) / (warmup x total) would exceed the flat lr otherwise.
+    """
     warm, flat_end = warmup * total, max(flat * total, warmup * total)
     if step < warm:
-        return (step + 1) / warm
+        return min(1.0, (step + 1) / warm)
     if step < flat_end or total <= flat_end:
         return 1.0
     return 0.5 * (1 + math.cos(math.pi * (step - flat_end) / (total - flat_end)))

@@ -18,6 +18,10 @@ Three rules:
   Without a bias, row sums of g_W divided by the mean input-feature sum stand in for g_b. When
   the estimate finds B distinct labels, the `unique` test replaces it (exact for distinct labels;
   with repeats it gives false positives, as the span has more dimensions than distinct labels).
+
+A FedAvg weight delta (kind "delta") is -lr times the sum of the local steps' gradients: every rule
+flips its sign, and `count`, which reads magnitudes, also divides by lr x steps (from the local
+training the update discloses; `delta_to_gradient_scale`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch import Tensor
 
 from gifd.client import Update
 from gifd.errors import GifdError
+from gifd.fedavg import LocalTraining
 from gifd.victims import Victim
 
 LabelRule = Literal["unique", "count", "paper"]
@@ -49,8 +54,8 @@ def infer_labels(
         raise GifdError(f"unknown label inference rule {rule!r}: use one of {', '.join(LABEL_RULES)}")
     weight, bias = _last_layer(update, victim)
     if update.kind == "delta":
-        # A weight delta is -lr times a sum of gradients: flip the sign and the same rules hold.
-        weight, bias = -weight, None if bias is None else -bias
+        scale = -delta_to_gradient_scale(update) if rule == "count" else -1.0
+        weight, bias = scale * weight, None if bias is None else scale * bias
     weight, batch = weight.detach().double().cpu(), update.batch_size
     if rule != "count" and batch > victim.num_classes:
         raise GifdError(
@@ -74,6 +79,19 @@ def infer_labels(
             )
         labels = torch.repeat_interleave(torch.arange(counts.numel()), counts)
     return torch.sort(labels).values.to(update.tensors[f"{victim.classifier}.weight"].device)
+
+
+def delta_to_gradient_scale(update: Update) -> float:
+    """1 / (local lr x local steps): what turns a FedAvg delta's magnitude into a mean gradient's.
+
+    A delta is -lr times the sum of the S local steps' gradients, so -delta / (lr x S) is their
+    mean: the batch's gradient for full-batch steps (up to the weights' drift over the steps),
+    and its mean over the mini-batches for whole epochs of equal mini-batches. The `count` rule
+    compares the bias gradient with probabilities, so it needs this scale; `unique` and `paper`
+    are scale-free and need only the sign.
+    """
+    training = LocalTraining.from_update(update)
+    return 1.0 / (training.local_lr * training.num_steps(update.batch_size))
 
 
 def _last_layer(update: Update, victim: Victim) -> tuple[Tensor, Tensor | None]:

@@ -24,6 +24,10 @@ Variables = dict[str, Tensor]
 #: Fixed inputs that are not optimised (e.g. the class embedding of a conditional prior).
 Context = dict[str, Tensor]
 
+#: GIAS fine-tune: Adam's step relative to the RMS of the generator's weights (the weight-scale
+#: rule of `StagedGenerator.gias_finetune_lr`).
+FINETUNE_RELATIVE_STEP = 2.5e-3
+
 
 class StagedGenerator(nn.Module, ABC):
     """A pretrained generator G = g_L o ... o g_1 that can be run from any stage.
@@ -82,6 +86,25 @@ class StagedGenerator(nn.Module, ABC):
 
         Entries for stages whose variables are not projected (a sphere-constrained z) are ignored.
         """
+
+    def gias_finetune_lr(self) -> float:
+        """GIAS's fine-tune learning rate for this prior (used when `finetune_lr` is not given).
+
+        The weight-scale rule: FINETUNE_RELATIVE_STEP x the RMS of the generator's weights
+        (parameters with two or more dimensions: kernels and matrices, not biases or norm
+        scales), to one significant digit. Adam moves every weight by about the lr per step, so
+        the rule bounds a step to 1/400 of a typical weight whatever the weights' scale: small
+        enough that the per-image copies stay near the prior's weights (a generator far from
+        them stops acting as a prior), large enough to fit within GIAS's budget. Priors whose
+        GIAS value is published override this (BigGAN 1e-5, StyleGAN2 1e-3).
+        """
+        weights = [p.detach().flatten() for p in self.parameters() if p.ndim >= 2]
+        if not weights:
+            raise GifdError(
+                f"{type(self).__name__} has no weight tensors to scale GIAS's fine-tune lr by: set finetune_lr"
+            )
+        rms = float(torch.cat(weights).double().pow(2).mean().sqrt())
+        return float(f"{FINETUNE_RELATIVE_STEP * rms:.1g}")
 
     def stage_shapes(self, stage: int) -> dict[str, tuple[int, ...]]:
         """Per-sample shapes of the variables of `stage` (computed by a dry run, batch 1)."""

@@ -469,6 +469,10 @@ class BigGANDeep(StagedGenerator):
 
     sphere_latent = True
 
+    def gias_finetune_lr(self) -> float:
+        """1e-5: GIAS's value for BigGAN (Jeon et al. 2021)."""
+        return 1e-5
+
     def __init__(self, config: BigGANConfig, truncation: float = 1.0) -> None:
         super().__init__()
         config.check()

@@ -130,7 +130,14 @@ def init_dcgan_weights(module: nn.Module, generator: torch.Generator) -> None:
 
 
 class DCGANPrior(StagedGenerator):
-    """A `DCGANGenerator` cut into stages (see the module docstring for the stage layout)."""
+    """A `DCGANGenerator` cut into stages (see the module docstring for the stage layout).
+
+    GIAS's fine-tune lr (`gias_finetune_lr`) follows the weight-scale rule of `StagedGenerator`:
+    2.5e-3 x the RMS of the ConvTranspose2d kernels, to one digit (1e-4 for the face prior, whose
+    kernels have an RMS near 0.04). GIAS published no value for a DCGAN; a rule on the weights'
+    own scale carries to any DCGAN `gifd train-prior` writes, and it is the relative step that
+    StyleGAN2's published 1e-3 on unit-scale weights takes, within a factor of 2.5.
+    """
 
     sphere_latent = True
 

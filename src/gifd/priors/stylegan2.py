@@ -295,6 +295,11 @@ class StyleGAN2Generator(StagedGenerator):
     W_FIT_SAMPLES = 10_000
     W_FIT_SEED = 20_231_001
 
+    def gias_finetune_lr(self) -> float:
+        """1e-3: GIAS's value for StyleGAN2 (Jeon et al. 2021), whose equalised-learning-rate weights
+        are stored at unit scale."""
+        return 1e-3
+
     def __init__(
         self,
         resolution: int = 1024,
