@@ -22,11 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import gifd
 from gifd.attacks import ATTACKS, LABEL_RULES, AttackResult, Target, infer_labels
-from gifd.attacks.labels import LabelRule
+from gifd.attacks.labels import LabelRule, check_label_inference
 from gifd.client import Update, compute_update, load_update, save_update, validate_update, weights_fingerprint
 from gifd.config import build_config
 from gifd.data import ImageSet, load_images
-from gifd.defenses import ClientContext, Defense, apply_defense, parse_defense, utility_cost
+from gifd.defenses import ClientContext, Defense, aimed_at, apply_defense, parse_defense, utility_cost
 from gifd.device import resolve_device, seed_everything
 from gifd.errors import GifdError
 from gifd.fedavg import LocalTraining, compute_fedavg_update
@@ -116,6 +116,9 @@ def run_experiment(
         weights=config.victim_weights,
         device=device,
     )
+    defense = aimed_at(defense, victim)
+    if not config.disclose_labels:
+        check_label_inference(victim)
     if config.label_inference != "count" and config.batch_size > num_classes and not config.disclose_labels:
         raise GifdError(
             f"batch size {config.batch_size} exceeds the victim's {num_classes} classes, so its labels cannot "
@@ -185,6 +188,8 @@ def attack_received_update(
     calling this from a thread keeps its own random sampling).
     """
     validate_update(update, victim)
+    if update.labels is None:
+        check_label_inference(victim)
     _check_attacks(config)
     if truth is not None and truth.labels is None:
         raise GifdError("the ground truth has no labels: give the client's images with their labels")

@@ -36,6 +36,7 @@ from pydantic import Field
 from torch import Tensor
 
 from gifd.attacks import ATTACKS
+from gifd.attacks.labels import check_label_inference
 from gifd.client import Update, atomic_torch_save, victim_metadata
 from gifd.config import build_config
 from gifd.data import ImageSet
@@ -46,7 +47,14 @@ from gifd.fedavg import LocalTraining
 from gifd.imageio import write_atomically
 from gifd.priors import StagedGenerator, create_prior
 from gifd.report import write_audit_report, write_report
-from gifd.victims import Victim, create_victim, load_victim_state, normalization_name, same_normalization
+from gifd.victims import (
+    Victim,
+    create_victim,
+    load_victim_state,
+    normalization_name,
+    same_normalization,
+    victim_factory,
+)
 
 try:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -88,7 +96,9 @@ GLOBAL_MODEL_FILE = "global_model.pt"
 class AuditConfig(AttackPlan):
     """What to attack and how: the model the federation trains, the attacks, which rounds/clients."""
 
-    #: The trained model, as a gifd victim (architecture, input side, classes, normalisation).
+    #: The trained model, as a gifd victim (architecture, input side, classes, normalisation):
+    #: a built-in name or your own MODULE:FACTORY (see gifd.victims). Its weights are the global
+    #: model of each round; the update's metadata records the name, so `gifd attack --update` finds it.
     victim: str = "lenet"
     resolution: int = 32
     num_classes: int = 10
@@ -116,6 +126,7 @@ def audit_config(values: Mapping[str, Any], source: str = "audit config") -> Aud
     config = build_config(AuditConfig, dict(values), source)
     for name in [*config.attacks, *config.attack_settings]:
         ATTACKS.get(name)  # an unknown attack fails here, naming the known ones
+    victim_factory(config.victim)  # so does an unknown victim or a MODULE:FACTORY that cannot be imported
     unknown = sorted(set(config.keys) - set(DEFAULT_KEYS))
     if unknown:
         raise GifdError(
@@ -203,6 +214,9 @@ class FlowerAudit:
             device=self.device,
         )
         self.victim.to(self.device)
+        check_label_inference(
+            self.victim, "or audit another model (a FedAvg update never carries its labels)"
+        )
         self._state_names = list(self.victim.model.state_dict())
         self.truth = truth
         self.progress = progress

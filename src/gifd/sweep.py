@@ -68,6 +68,7 @@ from gifd.config import build_config, read_yaml
 from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, run_experiment
 from gifd.imageio import write_atomically
+from gifd.victims import victim_factory
 
 __all__ = [
     "Job",
@@ -270,6 +271,10 @@ def _preflight(job: Job, source: str) -> None:
             raise GifdError(f"{source}: job {job.id}: {exc}") from None
     if not config.attacks:
         raise GifdError(f"{source}: job {job.id} has no attack: give attacks in base or grid")
+    try:
+        victim_factory(config.victim)  # an unknown victim, or a MODULE:FACTORY that cannot be imported
+    except GifdError as exc:
+        raise GifdError(f"{source}: job {job.id}: {exc}") from None
     if config.batch_size < 1:
         raise GifdError(f"{source}: job {job.id}: batch_size must be at least 1, got {config.batch_size}")
     defense = getattr(config, "defense", None)

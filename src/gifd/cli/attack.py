@@ -41,7 +41,11 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags for every key of ExperimentConfig; None means 'not given' (the file or default wins)."""
     add = parser.add_argument
     add("--config", help="YAML file of settings; flags override its keys")
-    add("--victim", help=f"victim model: {', '.join(victim_names())} (default convnet)")
+    add(
+        "--victim",
+        help=f"victim model: {', '.join(victim_names())}, or your own as MODULE:FACTORY, a callable "
+        "(num_classes=, resolution=) -> nn.Module importable from the working directory (default convnet)",
+    )
     add("--resolution", type=int, help="image side in pixels (default 32)")
     add("--num-classes", type=int, help="victim class count (default: the image source's, else 10)")
     add("--victim-weights", help="state-dict file of a trained victim (default: seeded random init)")
