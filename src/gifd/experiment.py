@@ -60,6 +60,7 @@ class AttackPlan(BaseModel):
 class ExperimentConfig(AttackPlan):
     """Everything that defines a run; saved in full in results.json."""
 
+    #: A built-in victim (gifd.victims.victim_names) or the user's own as MODULE:FACTORY.
     victim: str = "convnet"
     resolution: int = 32
     #: Class count of the victim (default: the image source's, or 10 when it has none).
