@@ -10,7 +10,7 @@ import difflib
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from gifd.errors import GifdError
 
@@ -31,6 +31,17 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 #: A device name: auto (CUDA if available), cpu, cuda or cuda:N.
 DeviceName = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]
+
+
+def _known_victim(name: str) -> str:
+    from gifd.victims import victim_factory  # imports torch: only once a config is validated
+
+    victim_factory(name)  # an unknown name, or a MODULE:FACTORY that cannot be imported, fails here
+    return name
+
+
+#: A victim: a built-in architecture or the user's own MODULE:FACTORY, checked (imported, not built).
+VictimName = Annotated[str, AfterValidator(_known_victim)]
 
 
 def build_config(model: type[ModelT], values: dict[str, Any], source: str = "config") -> ModelT:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -137,7 +137,7 @@ def magnitude_mask(tensor: Tensor, ratio: float) -> Tensor:
 
 
 def _classifier_index(names: Sequence[str], classifier: str) -> int:
-    weight = f"{classifier}.weight"
+    weight = f"{classifier}.weight" if classifier else "weight"
     if weight not in names:
         raise GifdError(
             f"Soteria needs the last linear layer's weight {weight!r} in the update, which has "
@@ -737,6 +737,23 @@ def parse_defense_sweep(spec: str) -> list[Defense]:
     if "+" not in spec and name in _PARSERS and _PARSERS[name][0] == 1 and "," in arg_text:
         return [parse_defense(f"{name}:{value}") for value in arg_text.split(",")]
     return [parse_defense(spec)]
+
+
+def aimed_at(defense: Defense, victim: Victim) -> Defense:
+    """`defense` with every Soteria member aimed at `victim`'s last linear layer (`Victim.classifier`:
+    "fc" for the built-ins, found on a probe batch for a MODULE:FACTORY victim)."""
+    members = defense.members()
+    if not any(isinstance(d, SoteriaDefense) for d in members):
+        return defense
+    if victim.classifier is None:
+        raise GifdError(
+            f"Soteria prunes the input features of the last linear layer, and victim {victim.name} does not "
+            "end in one: use another defense"
+        )
+    aimed = [
+        replace(d, classifier=victim.classifier) if isinstance(d, SoteriaDefense) else d for d in members
+    ]
+    return aimed[0] if len(aimed) == 1 else Compose(aimed)
 
 
 # ------------------------------------------------------------------------------------- on an Update

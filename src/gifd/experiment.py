@@ -22,13 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import gifd
 from gifd.attacks import ATTACKS, AttackResult, Target, infer_labels
-from gifd.attacks.labels import LabelRule
+from gifd.attacks.labels import LabelRule, check_label_inference
 from gifd.client import Update, compute_update, load_update, save_update, validate_update, weights_fingerprint
-from gifd.config import Count, DeviceName, Index, Positive, Seed, build_config
+from gifd.config import Count, DeviceName, Index, Positive, Seed, VictimName, build_config
 from gifd.data import ImageSet, load_images
 from gifd.defenses import (
     ClientContext,
     Defense,
+    aimed_at,
     apply_defense,
     parse_defense,
     parse_defense_sweep,
@@ -99,7 +100,8 @@ class AttackPlan(BaseModel):
 class ExperimentConfig(AttackPlan):
     """Everything that defines a run; saved in full in results.json."""
 
-    victim: str = "convnet"
+    #: A built-in victim (gifd.victims.victim_names) or the user's own as MODULE:FACTORY.
+    victim: VictimName = "convnet"
     resolution: Annotated[int, Field(ge=8, le=MAX_RESOLUTION)] = 32
     #: Class count of the victim (default: the image source's, or 10 when it has none).
     num_classes: Annotated[int, Field(ge=2)] | None = None
@@ -194,6 +196,9 @@ def _run_experiment(
         weights=config.victim_weights,
         device=device,
     )
+    defense = aimed_at(defense, victim)
+    if not config.disclose_labels:
+        check_label_inference(victim)
     if config.label_inference != "count" and config.batch_size > num_classes and not config.disclose_labels:
         raise GifdError(
             f"batch size {config.batch_size} exceeds the victim's {num_classes} classes, so its labels cannot "
@@ -261,6 +266,8 @@ def attack_received_update(
     calling this from a thread keeps its own random sampling).
     """
     validate_update(update, victim)
+    if update.labels is None:
+        check_label_inference(victim)
     if truth is not None and truth.labels is None:
         raise GifdError("the ground truth has no labels: give the client's images with their labels")
     if truth is not None and len(truth) != update.batch_size:

@@ -36,8 +36,9 @@ from pydantic import Field
 from torch import Tensor
 
 from gifd.attacks import ATTACKS
+from gifd.attacks.labels import check_label_inference
 from gifd.client import Update, atomic_torch_save, victim_metadata
-from gifd.config import Count, build_config
+from gifd.config import Count, VictimName, build_config
 from gifd.data import ImageSet
 from gifd.device import resolve_device
 from gifd.errors import GifdError, list_some
@@ -47,7 +48,13 @@ from gifd.imageio import write_atomically
 from gifd.priors import StagedGenerator, create_prior
 from gifd.report import write_audit_report, write_report
 from gifd.rundir import read_marker, write_marker
-from gifd.victims import Victim, create_victim, load_victim_state, normalization_name, same_normalization
+from gifd.victims import (
+    Victim,
+    create_victim,
+    load_victim_state,
+    normalization_name,
+    same_normalization,
+)
 
 try:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -89,8 +96,10 @@ GLOBAL_MODEL_FILE = "global_model.pt"
 class AuditConfig(AttackPlan):
     """What to attack and how: the model the federation trains, the attacks, which rounds/clients."""
 
-    #: The trained model, as a gifd victim (architecture, input side, classes, normalisation).
-    victim: str = "lenet"
+    #: The trained model, as a gifd victim (architecture, input side, classes, normalisation):
+    #: a built-in name or your own MODULE:FACTORY (see gifd.victims). Its weights are the global
+    #: model of each round; the update's metadata records the name, so `gifd attack --update` finds it.
+    victim: VictimName = "lenet"
     resolution: Annotated[int, Field(ge=8, le=MAX_RESOLUTION)] = 32
     num_classes: Annotated[int, Field(ge=2)] = 10
     normalization: str = "imagenet"
@@ -202,6 +211,9 @@ class FlowerAudit:
             device=self.device,
         )
         self.victim.to(self.device)
+        check_label_inference(
+            self.victim, "or audit another model (a FedAvg update never carries its labels)"
+        )
         self._state_names = list(self.victim.model.state_dict())
         self.truth = truth
         self.progress = progress

@@ -3,12 +3,22 @@
 The paper's victims are untrained (random init, eval mode): the attacker knows the weights, and an
 untrained network is the hardest common case for inversion. Every victim works for any square input
 size and class count; the random init is seeded so client and attacker build the same model.
+
+Besides the built-in architectures, a victim may be the user's own model, named `MODULE:FACTORY`
+(e.g. `mymodels:make_classifier`): FACTORY, a callable in the module MODULE (importable from the
+installed packages or the working directory), is called as `FACTORY(num_classes=..., resolution=...)`
+and returns the nn.Module. `create_victim` checks it on a probe batch before anything else runs.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import itertools
 import math
+import os
+import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +44,8 @@ ARCHITECTURES: Registry[nn.Module] = Registry("victim")
 class Victim:
     """A classifier under attack: the model, its input size, class count and normalisation.
 
-    `classifier` names the last linear layer (its gradient rows reveal the labels).
+    `classifier` names the last linear layer, the one whose output is the model's output (its
+    gradient rows reveal the labels); None when the model has none (label inference then fails).
     """
 
     name: str
@@ -43,7 +54,7 @@ class Victim:
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    classifier: str = "fc"
+    classifier: str | None = "fc"
 
     def normalize(self, images: Tensor) -> Tensor:
         """Map images in [0, 1] to the model's input space."""
@@ -56,6 +67,12 @@ class Victim:
         mean = inputs.new_tensor(self.mean).view(1, 3, 1, 1)
         std = inputs.new_tensor(self.std).view(1, 3, 1, 1)
         return inputs * std + mean
+
+    def classifier_tensor(self, kind: str = "weight") -> str | None:
+        """The update key of the classifier's `kind` ("weight" or "bias"), None without a classifier."""
+        if self.classifier is None:
+            return None
+        return f"{self.classifier}.{kind}" if self.classifier else kind
 
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """The parameters whose gradients a client shares, in a fixed order."""
@@ -183,6 +200,85 @@ def victim_names() -> list[str]:
     return ARCHITECTURES.names()
 
 
+#: `MODULE:FACTORY`: a dotted module name, a colon, a dotted attribute path inside it.
+_FACTORY_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def is_factory_spec(name: str) -> bool:
+    """Whether victim `name` is the user's own `MODULE:FACTORY` rather than a built-in."""
+    return ":" in name
+
+
+def victim_factory(name: str) -> Callable[..., nn.Module]:
+    """The callable that builds victim `name`: a built-in architecture or `MODULE:FACTORY`.
+
+    For `MODULE:FACTORY` the module is imported (the working directory is added to the end of
+    sys.path if it is not on it) and the attribute checked to be a callable that takes
+    `num_classes` and `resolution`; every problem is a one-line GifdError. Nothing is built.
+    """
+    if not is_factory_spec(name):
+        try:
+            return ARCHITECTURES.get(name)
+        except GifdError as exc:
+            raise GifdError(
+                f"{exc} Or name your own model as MODULE:FACTORY, e.g. mymodels:make_victim."
+            ) from None
+    if not _FACTORY_SPEC.fullmatch(name):
+        raise GifdError(
+            f"victim {name!r} is not MODULE:FACTORY: write e.g. mymodels:make_victim (a dotted module name, "
+            "a colon, a callable in it), or use a built-in victim: " + ", ".join(victim_names())
+        )
+    module_name, _, attribute = name.partition(":")
+    cwd = os.getcwd()
+    if cwd not in {os.path.abspath(entry or os.curdir) for entry in sys.path}:
+        sys.path.append(cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or module_name
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise GifdError(
+                f"victim module {module_name!r} not found: --victim {name} imports it from the installed "
+                f"packages and the working directory {cwd}; run gifd where {module_name.replace('.', '/')}.py "
+                "is, or install it"
+            ) from None
+        raise GifdError(
+            f"victim module {module_name!r} could not be imported: it imports {missing!r}, which is not "
+            "installed; install it"
+        ) from None
+    except Exception as exc:
+        raise GifdError(
+            f"importing victim module {module_name!r} raised {_exception_text(exc)}: fix the module"
+        ) from exc
+    factory: object = module
+    for i, part in enumerate(attribute.split(".")):
+        if not hasattr(factory, part):
+            owner = module_name if i == 0 else f"{module_name}:{'.'.join(attribute.split('.')[:i])}"
+            where = getattr(module, "__file__", None) or module_name
+            raise GifdError(
+                f"victim {name!r}: {owner} has no attribute {part!r}: name a callable defined in {where}"
+            )
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise GifdError(
+            f"victim {name!r} is a {type(factory).__name__}, not a callable: name a function or class "
+            "that returns an nn.Module for num_classes= and resolution="
+        )
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin without a signature: its call will tell
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(num_classes=2, resolution=8)
+        except TypeError:
+            raise GifdError(
+                f"victim factory {name} does not take the keyword arguments num_classes and resolution "
+                f"(its signature is {signature}): give it the parameters (num_classes: int, resolution: int)"
+            ) from None
+    return factory  # type: ignore[return-value]
+
+
 def create_victim(
     name: str,
     *,
@@ -195,11 +291,16 @@ def create_victim(
 ) -> Victim:
     """Build victim `name` for `resolution` x `resolution` RGB inputs and `num_classes` classes.
 
-    The random init is drawn from `seed` (on the CPU, so it is the same on every device); with
+    `name` is a built-in architecture or `MODULE:FACTORY` (see `victim_factory`). The random init
+    is drawn from `seed`: the factory runs under `torch.manual_seed(seed)` inside
+    `torch.random.fork_rng` (the caller's CPU random state is restored afterwards), so a factory
+    that builds on the CPU with torch's own initialisers gets the same init on every machine. With
     `weights` the state dict at that path is loaded strictly instead. The model is in eval mode
-    (batch-norm uses its running statistics, as in the paper).
+    (batch-norm uses its running statistics, as in the paper). A factory's model is checked on a
+    probe batch of two random images: it must map (2, 3, resolution, resolution) to
+    (2, num_classes); its `classifier` is the nn.Linear whose output is the model's output, if any.
     """
-    factory: Callable[..., nn.Module] = ARCHITECTURES.get(name)
+    factory = victim_factory(name)
     if resolution < 8 or resolution > 1024:
         raise GifdError(
             f"resolution {resolution} is out of range: use a square size between 8 and 1024 pixels"
@@ -210,11 +311,92 @@ def create_victim(
     fork_devices: list[int] = []
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
-        model = factory(num_classes=num_classes, resolution=resolution)
+        if is_factory_spec(name):
+            model = _call_factory(factory, name, num_classes, resolution)
+        else:
+            model = factory(num_classes=num_classes, resolution=resolution)
+    model.eval()
+    classifier = _probe(model, name, num_classes, resolution) if is_factory_spec(name) else "fc"
     if weights is not None:
         load_victim_weights(model, Path(weights).expanduser(), name)
-    model.eval().to(device)
-    return Victim(name=name, model=model, resolution=resolution, num_classes=num_classes, mean=mean, std=std)
+    model.to(device)
+    return Victim(
+        name=name,
+        model=model,
+        resolution=resolution,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        classifier=classifier,
+    )
+
+
+def _exception_text(exc: BaseException) -> str:
+    """`Type: first line of the message` (one line, for an error message)."""
+    text = str(exc).strip()
+    return type(exc).__name__ + (": " + text.splitlines()[0][:200] if text else "")
+
+
+def _call_factory(factory: Callable[..., object], name: str, num_classes: int, resolution: int) -> nn.Module:
+    """`factory(num_classes=, resolution=)`, refused unless it returns an nn.Module of float32 parameters."""
+    call = f"{name}(num_classes={num_classes}, resolution={resolution})"
+    try:
+        model = factory(num_classes=num_classes, resolution=resolution)
+    except Exception as exc:
+        raise GifdError(
+            f"victim factory {call} raised {_exception_text(exc)}: fix the factory, or the --num-classes "
+            "and --resolution it is given"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise GifdError(
+            f"victim factory {call} returned a {type(model).__name__}, not a torch.nn.Module: return the model"
+        )
+    params = list(model.parameters())
+    if not params:
+        raise GifdError(
+            f"victim factory {call} returned a model without parameters: there is no update to attack"
+        )
+    dtypes = sorted({str(p.dtype) for p in params if p.dtype != torch.float32})
+    if dtypes:
+        raise GifdError(
+            f"victim factory {call} returned {', '.join(dtypes)} parameters: gifd attacks float32 models; "
+            "return model.float()"
+        )
+    # The client shares the gradient of every parameter, so every one takes part in autograd.
+    model.requires_grad_(True)
+    return model
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, name: str, num_classes: int, resolution: int) -> str | None:
+    """Check the output shape of `model` on two random images; return the name of the nn.Linear
+    whose output is the model's output (called once per forward), or None."""
+    shape = (2, 3, resolution, resolution)
+    images = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    outputs: dict[nn.Module, list[object]] = {}
+
+    def record(module: nn.Module, _inputs: object, output: object) -> None:
+        outputs.setdefault(module, []).append(output)
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        logits = model(images)
+    except Exception as exc:
+        raise GifdError(
+            f"victim {name} failed on a probe batch of shape {shape} ({_exception_text(exc)}): it must take "
+            f"RGB images of --resolution {resolution}"
+        ) from exc
+    finally:
+        for hook in hooks:
+            hook.remove()
+    got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+    if got != (2, num_classes):
+        raise GifdError(
+            f"victim {name} maps a probe batch of shape {shape} to {got}, not (batch, num_classes) = "
+            f"(2, {num_classes}): return one logit per class for --num-classes {num_classes}"
+        )
+    names = {module: key for key, module in model.named_modules()}
+    return next((names[m] for m, outs in outputs.items() if len(outs) == 1 and outs[0] is logits), None)
 
 
 Normalization = tuple[Sequence[float], Sequence[float]]

@@ -52,7 +52,7 @@ def infer_labels(
     """The batch's labels, sorted, as inferred from `update` by `rule` (see the module doc)."""
     if rule not in LABEL_RULES:
         raise GifdError(f"unknown label inference rule {rule!r}: use one of {', '.join(LABEL_RULES)}")
-    weight, bias = _last_layer(update, victim)
+    weight_name, weight, bias = _last_layer(update, victim)
     if update.kind == "delta":
         scale = -delta_to_gradient_scale(update) if rule == "count" else -1.0
         weight, bias = scale * weight, None if bias is None else scale * bias
@@ -78,7 +78,7 @@ def infer_labels(
                 else torch.bincount(torch.tensor(present), minlength=len(counts))
             )
         labels = torch.repeat_interleave(torch.arange(counts.numel()), counts)
-    return torch.sort(labels).values.to(update.tensors[f"{victim.classifier}.weight"].device)
+    return torch.sort(labels).values.to(update.tensors[weight_name].device)
 
 
 def delta_to_gradient_scale(update: Update) -> float:
@@ -94,12 +94,40 @@ def delta_to_gradient_scale(update: Update) -> float:
     return 1.0 / (training.local_lr * training.num_steps(update.batch_size))
 
 
-def _last_layer(update: Update, victim: Victim) -> tuple[Tensor, Tensor | None]:
-    weight_name, bias_name = f"{victim.classifier}.weight", f"{victim.classifier}.bias"
+#: What label inference reads, for the errors that say it is missing.
+_NEEDS = "label inference needs the gradient of a final nn.Linear with out_features = num_classes"
+_DISCLOSE = "or attack with the labels disclosed (--disclose-labels)"
+
+
+def check_label_inference(victim: Victim, alternative: str = _DISCLOSE) -> None:
+    """Refuse, before any compute, a victim whose labels cannot be inferred from its update: the
+    rules read the gradient of the linear layer whose output is the model's output
+    (`Victim.classifier`, found on a probe batch for a MODULE:FACTORY victim). `alternative`
+    ends the message (the way around it where there is one)."""
+    if victim.classifier is None:
+        raise GifdError(
+            f"victim {victim.name} does not end in a linear classifier (no nn.Linear's output is the model's "
+            f"output): {_NEEDS}; end the model in one, {alternative}"
+        )
+    module = victim.model.get_submodule(victim.classifier)
+    if not isinstance(module, torch.nn.Linear) or module.out_features != victim.num_classes:
+        raise GifdError(
+            f"victim {victim.name}'s classifier {victim.classifier!r} is not an nn.Linear with "
+            f"{victim.num_classes} outputs: {_NEEDS}; {alternative}"
+        )
+
+
+def _last_layer(update: Update, victim: Victim) -> tuple[str, Tensor, Tensor | None]:
+    """The classifier's weight key, weight gradient and bias gradient (None without a bias)."""
+    check_label_inference(victim)
+    weight_name, bias_name = victim.classifier_tensor("weight"), victim.classifier_tensor("bias")
+    assert weight_name is not None and bias_name is not None
     if weight_name not in update.tensors:
-        raise GifdError(f"the update has no {weight_name}: label inference needs the last layer's gradient")
+        raise GifdError(
+            f"the update has no {weight_name}: {_NEEDS} (here {weight_name}) in the update; {_DISCLOSE}"
+        )
     bias = update.tensors.get(bias_name)
-    return update.tensors[weight_name], None if bias is None else bias.detach().double().cpu()
+    return weight_name, update.tensors[weight_name], None if bias is None else bias.detach().double().cpu()
 
 
 def present_classes(weight_grad: Tensor, batch_size: int) -> list[int]:

@@ -48,7 +48,11 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
         help="YAML file of settings; flags override its keys. Relative paths in it (images, weights, "
         "update) are taken from the working directory, not from the file's folder",
     )
-    add("--victim", help=f"victim model: {', '.join(catalog.VICTIMS)} (default convnet)")
+    add(
+        "--victim",
+        help=f"victim model: {', '.join(catalog.VICTIMS)}, or your own as MODULE:FACTORY, a callable "
+        "(num_classes=, resolution=) -> nn.Module importable from the working directory (default convnet)",
+    )
     add("--resolution", type=int, help="image side in pixels (default 32)")
     add("--num-classes", type=int, help="victim class count (default: the image source's, else 10)")
     add("--victim-weights", help="state-dict file of a trained victim (default: seeded random init)")
