@@ -2,6 +2,8 @@
 
 Each command lives in its own module with `register(subparsers)`, which adds its parser and sets
 `func` to the function that runs it. A GifdError becomes one line on stderr and exit code 2.
+The CLI owns its process, so it opts into the process-wide allocator tuning of
+`gifd.runtime.reuse_large_allocations` (the library itself never applies it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 
 from gifd import __version__
 from gifd.errors import GifdError
+from gifd.runtime import reuse_large_allocations
 
 #: Modules of gifd.cli that define commands, in the order `gifd --help` lists them.
 COMMAND_MODULES = ["demo", "attack", "report", "priors", "sweep"]
@@ -35,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    reuse_large_allocations()  # the CLI's process is its own: reuse freed large blocks (see gifd.runtime)
     try:
         args.func(args)
     except GifdError as exc:
