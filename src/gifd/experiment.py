@@ -50,6 +50,10 @@ class AttackPlan(BaseModel):
     #: Total step budget per restart for every attack (None: each attack's own default).
     steps: int | None = None
     restarts: int | None = None
+    #: Named settings of the attacks that have presets (gifd, latent, gifd-noball, gias): "paper"
+    #: (each restart runs its full budget) or "fast" (early stop; GIFD also prunes restarts).
+    #: None: each attack's own default ("paper"). `attack_settings` override it.
+    preset: Literal["paper", "fast"] | None = None
     #: Per-attack settings, e.g. {"ig": {"tv": 1e-3}}; override the shared steps/restarts.
     attack_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     label_inference: LabelRule = "unique"
@@ -493,6 +497,8 @@ def _attack_settings(config: ExperimentConfig, name: str) -> dict[str, Any]:
         settings["steps"] = config.steps
     if config.restarts is not None:
         settings["restarts"] = config.restarts
+    if config.preset is not None and "preset" in ATTACKS.get(name).Config.model_fields:
+        settings["preset"] = config.preset
     settings.update(config.attack_settings.get(name, {}))
     return settings
 

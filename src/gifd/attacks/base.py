@@ -264,6 +264,23 @@ class StageResult:
     restart_losses: list[float]
     #: Step (counted over the whole attack) at which this stage ended, for stage marks on loss curves.
     end_step: int | None = None
+    #: Steps the stage was given and the steps it ran (fewer when it stopped early on a plateau).
+    budget: int | None = None
+    steps: int | None = None
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.budget is not None and self.steps is not None and self.steps < self.budget
+
+
+@dataclass
+class Pruning:
+    """Restarts an attack stopped running (successive halving): in which stage, after which step
+    (counted over the whole attack), and which (original indices)."""
+
+    stage: int
+    step: int
+    restarts: list[int]
 
 
 @dataclass
@@ -272,7 +289,8 @@ class AttackResult:
 
     `images` are the best restart's reconstructions in [0, 1] at the victim's resolution.
     `restart_losses` are the final gradient-matching losses, `loss_history[r]` the loss of
-    restart r at the steps in `log_steps` (for curves). Staged attacks fill `stages`.
+    restart r at the steps in `log_steps` (for curves). Staged attacks fill `stages`; `steps` are
+    the steps run per restart (fewer than the budget when a stage stopped early).
     """
 
     attack: str
@@ -285,6 +303,8 @@ class AttackResult:
     steps: int
     seconds: float
     stages: list[StageResult] = field(default_factory=list)
+    #: Restarts pruned during the attack, in order (empty: every restart ran to the end).
+    pruned: list[Pruning] = field(default_factory=list)
 
     @property
     def loss(self) -> float:
@@ -308,9 +328,13 @@ class AttackResult:
                     "gradient_loss": s.loss,
                     "restart_losses": s.restart_losses,
                     "end_step": s.end_step,
+                    "budget": s.budget,
+                    "steps": s.steps,
+                    "stopped_early": s.stopped_early,
                 }
                 for s in self.stages
             ],
+            "pruned": [{"stage": p.stage, "step": p.step, "restarts": p.restarts} for p in self.pruned],
         }
 
 
