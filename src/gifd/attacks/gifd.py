@@ -21,7 +21,13 @@ Speed (none of it changes what a restart computes):
   go on to the next stages. A kept restart follows the same chain as without halving, so the answer
   changes only if the restart that would have won was pruned. Pruned restarts show loss inf in the
   later stages' `restart_losses` and NaN in the loss history.
-- The inner loop makes no host sync except at log intervals; stage transitions run without grad, and
+- `rung` (on in "fast"): at the middle of the first stage keep the better half of the restarts by
+  their best loss so far; the survivors continue with their own variables and Adam state.
+- `early_stop` (on in "fast"): a stage ends once its best loss has improved by less than 1 % over
+  the last 10 % of its steps (checked at log intervals, in the same host transfer as the loss
+  history); it then ran exactly a prefix of its full trajectory. `AttackResult.pruned` and each
+  stage's `steps` / `budget` record what the preset cut.
+- The inner loop makes no host sync except at log intervals (and once at the rung); stage transitions run without grad, and
   the pass that scores a stage's final variables runs without building a graph.
 """
 
