@@ -26,6 +26,7 @@ import torch
 
 from common import write_json, write_text
 from gifd.experiment import ExperimentConfig, run_experiment
+from gifd.runtime import reuse_large_allocations
 
 #: Two strengths per defense (weaker, stronger).
 SETTINGS = [
@@ -91,6 +92,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    reuse_large_allocations()  # as the gifd CLI does (the library leaves malloc alone)
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -33,6 +33,7 @@ import torch
 from common import write_json
 from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, run_experiment, versions
+from gifd.runtime import reuse_large_allocations
 
 #: The check this benchmark exists for: IG on LeNet (full schedule) must beat this mean PSNR.
 LENET_PSNR_THRESHOLD = 25.0
@@ -182,6 +183,7 @@ def verdict(rows: list[dict[str, Any]], paper_steps: bool) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reuse_large_allocations()  # as the gifd CLI does (the library leaves malloc alone)
     args = parse_args(argv)
     indices = parse_indices(args.images)
     for flag, value, low in [

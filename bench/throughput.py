@@ -79,8 +79,10 @@ def _setup(spec: dict[str, Any]):  # type: ignore[no-untyped-def]
     from gifd.data import load_images
     from gifd.device import resolve_device
     from gifd.priors import create_prior
+    from gifd.runtime import reuse_large_allocations
     from gifd.victims import create_victim
 
+    reuse_large_allocations()  # as the gifd CLI does (the library leaves malloc alone)
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = resolve_device(spec.get("device"))

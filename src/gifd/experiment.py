@@ -61,6 +61,10 @@ class AttackPlan(BaseModel):
     #: Total step budget per restart for every attack (None: each attack's own default).
     steps: Count | None = None
     restarts: Count | None = None
+    #: Named settings of the attacks that have presets (gifd, latent, gifd-noball, gias): "paper"
+    #: (each restart runs its full budget) or "fast" (early stop; GIFD also prunes restarts).
+    #: None: each attack's own default ("paper"). `attack_settings` override it.
+    preset: Literal["paper", "fast"] | None = None
     #: Per-attack settings, e.g. {"ig": {"tv": 1e-3}}; override the shared steps/restarts.
     attack_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     label_inference: LabelRule = "unique"
@@ -87,12 +91,15 @@ class AttackPlan(BaseModel):
         return self
 
     def settings_for(self, name: str) -> dict[str, Any]:
-        """Attack `name`'s settings: the shared steps and restarts, then its own attack_settings."""
+        """Attack `name`'s settings: the shared steps, restarts and preset (for the attacks that
+        have one), then its own attack_settings."""
         settings: dict[str, Any] = {}
         if self.steps is not None:
             settings["steps"] = self.steps
         if self.restarts is not None:
             settings["restarts"] = self.restarts
+        if self.preset is not None and "preset" in ATTACKS.get(name).Config.model_fields:
+            settings["preset"] = self.preset
         settings.update(self.attack_settings.get(name, {}))
         return settings
 

@@ -8,11 +8,8 @@ types keep ground truth out (only `gifd.metrics` receives it).
 from __future__ import annotations
 
 import copy
-import ctypes
 import itertools
 import math
-import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -110,8 +107,6 @@ class GradientMatcher:
         self.local = LocalTraining.from_update(target.update) if target.update.kind == "delta" else None
         self._batched_failure: str | None = None
         self._affine_twin: tuple[nn.Module, nn.Module] | None = None
-        if self.victim.device.type == "cpu":
-            reuse_large_allocations()
 
     def dummy_gradient(self, inputs: Tensor) -> list[Tensor]:
         """The gradient the client would send for normalised `inputs` and the attacker's labels."""
@@ -219,49 +214,6 @@ class GradientMatcher:
         return n
 
 
-#: glibc mallopt parameters and the threshold `reuse_large_allocations` gives both.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MALLOC_KEEP_BYTES = 1 << 30
-_malloc_tuned = False
-
-
-def reuse_large_allocations() -> bool:
-    """Let glibc's malloc keep freed large blocks for reuse: mmap and trim thresholds of 1 GiB.
-
-    Why: an attack step allocates and frees the same large buffers every step. glibc serves blocks
-    above its mmap threshold (adaptive, at most 32 MB) with a fresh mmap whose pages fault in again
-    on every step. Batched restarts make R x parameter-sized buffers (ResNet-18: 8 x 9.4 MB at
-    R = 8): measured ~400,000 page faults per step, which made them slower than the sequential loop
-    (0.7x); with the blocks reused, 1.3x faster. Process-wide, applied once, from the first
-    `GradientMatcher` on a CPU victim. Freed memory then stays with the process (peak RSS is
-    unchanged; RSS does not shrink after an attack). Skipped where the C library is not glibc or
-    the user set the thresholds already (MALLOC_MMAP_THRESHOLD_ or GLIBC_TUNABLES). Returns
-    whether the thresholds are set.
-    """
-    global _malloc_tuned
-    if _malloc_tuned:
-        return True
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if (
-        not sys.platform.startswith("linux")
-        or "MALLOC_MMAP_THRESHOLD_" in os.environ
-        or "MALLOC_TRIM_THRESHOLD_" in os.environ
-        or "mmap_threshold" in tunables
-        or "trim_threshold" in tunables
-    ):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (or no C library symbols): leave malloc alone
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _malloc_tuned = (
-        mallopt(_M_MMAP_THRESHOLD, MALLOC_KEEP_BYTES) == 1
-        and mallopt(_M_TRIM_THRESHOLD, MALLOC_KEEP_BYTES) == 1
-    )
-    return _malloc_tuned
-
-
 class AffineBatchNorm(nn.Module):
     """An eval-mode batch norm as the per-channel affine map it computes (vmap-friendly).
 
@@ -312,6 +264,23 @@ class StageResult:
     restart_losses: list[float]
     #: Step (counted over the whole attack) at which this stage ended, for stage marks on loss curves.
     end_step: int | None = None
+    #: Steps the stage was given and the steps it ran (fewer when it stopped early on a plateau).
+    budget: int | None = None
+    steps: int | None = None
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.budget is not None and self.steps is not None and self.steps < self.budget
+
+
+@dataclass
+class Pruning:
+    """Restarts an attack stopped running (successive halving): in which stage, after which step
+    (counted over the whole attack), and which (original indices)."""
+
+    stage: int
+    step: int
+    restarts: list[int]
 
 
 @dataclass
@@ -320,7 +289,8 @@ class AttackResult:
 
     `images` are the best restart's reconstructions in [0, 1] at the victim's resolution.
     `restart_losses` are the final gradient-matching losses, `loss_history[r]` the loss of
-    restart r at the steps in `log_steps` (for curves). Staged attacks fill `stages`.
+    restart r at the steps in `log_steps` (for curves). Staged attacks fill `stages`; `steps` are
+    the steps run per restart (fewer than the budget when a stage stopped early).
     """
 
     attack: str
@@ -336,6 +306,8 @@ class AttackResult:
     #: Settings the attack resolved itself rather than took from its config (e.g. GIAS's fine-tune
     #: lr from the prior), recorded in results.json.
     settings: dict[str, Any] = field(default_factory=dict)
+    #: Restarts pruned during the attack, in order (empty: every restart ran to the end).
+    pruned: list[Pruning] = field(default_factory=list)
 
     @property
     def loss(self) -> float:
@@ -360,9 +332,13 @@ class AttackResult:
                     "gradient_loss": s.loss,
                     "restart_losses": s.restart_losses,
                     "end_step": s.end_step,
+                    "budget": s.budget,
+                    "steps": s.steps,
+                    "stopped_early": s.stopped_early,
                 }
                 for s in self.stages
             ],
+            "pruned": [{"stage": p.stage, "step": p.step, "restarts": p.restarts} for p in self.pruned],
         }
 
 

@@ -84,7 +84,16 @@ from gifd.attacks.base import (
     register_attack,
     to_victim_images,
 )
-from gifd.attacks.gifd import GIFD, GenerativeAttack, GenerativeConfig, GIFDConfig, StageRun, lr_factor
+from gifd.attacks.gifd import (
+    GIFD,
+    GenerativeAttack,
+    GenerativeConfig,
+    GIFDConfig,
+    Plateau,
+    StageRun,
+    lr_factor,
+    record_and_check,
+)
 from gifd.errors import GifdError
 from gifd.priors.base import Context, StagedGenerator, Variables
 
@@ -166,7 +175,9 @@ class GIAS(GenerativeAttack):
         """
         cfg = self.config
         latent_steps, _ = cfg.phase_steps()
-        shared = (GIFDConfig.model_fields.keys() & type(cfg).model_fields.keys()) - {"steps", "lr"}
+        # Not the preset: GIAS's own preset has set the shared keys it names (GIFD's "fast" would
+        # add its rung, which would prune restarts the fine-tune expects).
+        shared = (GIFDConfig.model_fields.keys() & type(cfg).model_fields.keys()) - {"steps", "lr", "preset"}
         settings = GIFDConfig(
             **{k: getattr(cfg, k) for k in sorted(shared)},
             steps=latent_steps,
@@ -206,12 +217,23 @@ class GIAS(GenerativeAttack):
                 advance=advance,
             )
             latents = {k: v.detach() for k, v in latent.best_variables.items()}
+            if latent.steps < latent_steps:  # stopped early
+                advance(latent_steps - latent.steps, math.nan)
             tuned = self._finetune(
-                names, latents, context, target, matcher, finetune_steps, log, latent_steps, advance
+                names, latents, context, target, matcher, finetune_steps, log, latent.steps, advance
             )
         phases = [
-            self._stage_result(0, f"latent search: {prior.stage_names[0]}", latent, target, latent_steps),
-            self._stage_result(1, "generator fine-tune (per-image copies)", tuned, target, cfg.steps),
+            self._stage_result(
+                0, f"latent search: {prior.stage_names[0]}", latent, target, latent.steps, latent_steps
+            ),
+            self._stage_result(
+                1,
+                "generator fine-tune (per-image copies)",
+                tuned,
+                target,
+                latent.steps + tuned.steps,
+                finetune_steps,
+            ),
         ]
         best = phases[1] if phases[1].loss < phases[0].loss else phases[0]
         return AttackResult(
@@ -222,7 +244,7 @@ class GIAS(GenerativeAttack):
             best_restart=min(range(restarts), key=best.restart_losses.__getitem__),
             loss_history=log.losses,
             log_steps=log.steps,
-            steps=cfg.steps,
+            steps=latent.steps + tuned.steps,
             seconds=clock.elapsed(),
             stages=phases,
             settings={"finetune_lr": self.finetune_lr()},
@@ -332,11 +354,13 @@ class GIAS(GenerativeAttack):
             best_losses=torch.full((restarts,), float("inf"), device=target.device),
             best_images=torch.empty(0),
         )
+        plateau = Plateau(steps, cfg.early_stop_window, cfg.early_stop_gain) if cfg.early_stop else None
+        end = steps
         for step in range(steps + 1):
             images = self.render(stacked, latents, context, batched=batched)
             losses = self.restart_losses(images, target, matcher)
             best.keep(losses.detach(), {}, images.detach(), n)
-            if step == steps:  # the last pass only scores the final parameters
+            if step == end:  # the last pass only scores the final parameters
                 break
             total = losses.sum() + self.regularisers(images, target, restarts)
             grads = torch.autograd.grad(total, params)
@@ -346,8 +370,12 @@ class GIAS(GenerativeAttack):
             scheduler.step()
             if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
                 previous = log.steps[-1] if log.steps and log.steps[-1] > offset else offset
-                values = log.record(offset + step + 1, losses)
-                advance(offset + step + 1 - previous, min(values))
+                at = offset + step + 1
+                values, stalled = record_and_check(log, at, losses.detach(), best, plateau, step + 1, steps)
+                advance(at - previous, min(values))
+                if stalled:
+                    end = step + 1
+        best.steps = end
         if self.keep_finetuned:
             self.finetuned = FineTuned(
                 restarts=restarts,
@@ -359,7 +387,7 @@ class GIAS(GenerativeAttack):
         return best
 
     def _stage_result(
-        self, stage: int, name: str, run: StageRun, target: Target, end_step: int
+        self, stage: int, name: str, run: StageRun, target: Target, end_step: int, budget: int
     ) -> StageResult:
         restarts, n = self.config.restarts, target.batch_size
         best = int(run.best_losses.argmin())
@@ -371,6 +399,8 @@ class GIAS(GenerativeAttack):
             loss=float(run.best_losses[best]),
             restart_losses=[float(v) for v in run.best_losses],
             end_step=end_step,
+            budget=budget,
+            steps=run.steps,
         )
 
 

@@ -21,7 +21,13 @@ Speed (none of it changes what a restart computes):
   go on to the next stages. A kept restart follows the same chain as without halving, so the answer
   changes only if the restart that would have won was pruned. Pruned restarts show loss inf in the
   later stages' `restart_losses` and NaN in the loss history.
-- The inner loop makes no host sync except at log intervals; stage transitions run without grad, and
+- `rung` (on in "fast"): at the middle of the first stage keep the better half of the restarts by
+  their best loss so far; the survivors continue with their own variables and Adam state.
+- `early_stop` (on in "fast"): a stage ends once its best loss has improved by less than 1 % over
+  the last 10 % of its steps (checked at log intervals, in the same host transfer as the loss
+  history); it then ran exactly a prefix of its full trajectory. `AttackResult.pruned` and each
+  stage's `steps` / `budget` record what the preset cut.
+- The inner loop makes no host sync except at log intervals (and once at the rung); stage transitions run without grad, and
   the pass that scores a stage's final variables runs without building a graph.
 """
 
@@ -30,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -42,6 +48,7 @@ from gifd.attacks.base import (
     AttackResult,
     GradientMatcher,
     LossLog,
+    Pruning,
     StageResult,
     Stopwatch,
     Target,
@@ -62,6 +69,29 @@ class GenerativeConfig(AttackConfig):
     #: Regularisers on the victim-resolution images in [0, 1] (paper: TV 1e-4, norm 1e-6).
     tv: NonNegative = 1e-4
     norm: NonNegative = 1e-6
+    #: Early stop: end a stage once its best loss has improved by less than `early_stop_gain`
+    #: (relative) over the last `early_stop_window` (a fraction) of its steps; checked at log
+    #: intervals only (`log_every`), so it adds no host sync.
+    early_stop: bool = False
+    early_stop_window: float = Field(0.1, gt=0, le=1)
+    early_stop_gain: float = Field(0.01, ge=0, lt=1)
+    #: Named settings ("paper" or "fast", see the class's `PRESETS`); keys given explicitly
+    #: override the preset's.
+    preset: Literal["paper", "fast"] = "paper"
+
+    #: "paper": every restart runs its full budget. "fast": stages stop early on a plateau.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"batched": True, "early_stop": False},
+        "fast": {"batched": True, "early_stop": True},
+    }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, values: Any) -> Any:
+        """Fill the settings the preset names unless they were given explicitly (at construction)."""
+        if isinstance(values, dict) and values.get("preset") in cls.PRESETS:
+            return {**cls.PRESETS[values["preset"]], **values}
+        return values
 
 
 class GIFDConfig(GenerativeConfig):
@@ -82,29 +112,25 @@ class GIFDConfig(GenerativeConfig):
     flat: float = Field(0.25, ge=0, le=1)
     #: Successive halving: after each stage but the last keep only the better half of the restarts.
     halving: bool = False
-    #: Named settings ("paper" or "fast", see PRESETS); keys given explicitly override the preset's.
-    preset: Literal["paper", "fast"] = "paper"
+    #: A halving rung inside the first stage: at its midpoint keep the better half of the restarts
+    #: (by their best loss so far) and run only those on.
+    rung: bool = False
 
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_preset(cls, values: Any) -> Any:
-        """Fill the settings the preset names unless they were given explicitly (at construction)."""
-        if isinstance(values, dict) and values.get("preset") in PRESETS:
-            return {**PRESETS[values["preset"]], **values}
-        return values
+    #: "paper": every restart gets the full budget (the paper's procedure; batched restarts compute
+    #: the same numbers as its one-after-another loop). "fast": batched restarts, a rung at the
+    #: middle of the first stage, successive halving after every stage but the last, and early stop.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"batched": True, "halving": False, "rung": False, "early_stop": False},
+        "fast": {"batched": True, "halving": True, "rung": True, "early_stop": True},
+    }
 
 
-#: Named GIFD settings. "paper": every restart gets the full budget (the paper's procedure; batched
-#: restarts compute the same numbers as its one-after-another loop). "fast": batched restarts and
-#: successive halving, which spends about half the restart-steps for R = 4 over five stages.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"batched": True, "halving": False},
-    "fast": {"batched": True, "halving": True},
-}
+#: GIFD's named settings (see GIFDConfig.PRESETS).
+PRESETS: dict[str, dict[str, Any]] = GIFDConfig.PRESETS
 
 
 def preset_settings(name: str) -> dict[str, Any]:
-    """The settings preset `name` stands for (a copy; see PRESETS)."""
+    """The settings GIFD's preset `name` stands for (a copy; see PRESETS)."""
     if name not in PRESETS:
         raise GifdError(f"unknown GIFD preset {name!r}: use one of {', '.join(PRESETS)}")
     return dict(PRESETS[name])
@@ -190,6 +216,12 @@ class StageRun:
     best_variables: Variables
     best_losses: Tensor  # (R,)
     best_images: Tensor  # (R*N, 3, H, W) generator output of the best variables
+    #: Steps run (fewer than the stage's budget when it stopped early).
+    steps: int = 0
+    #: The rung's survivors: indices into the restarts the stage started with (None: no rung).
+    survivors: list[int] | None = None
+    #: The prior's context of the surviving restarts (None: the stage's own, unchanged).
+    context: Context | None = None
 
     def keep(self, losses: Tensor, variables: Variables, images: Tensor, n: int) -> None:
         """Replace the restarts whose `losses` improve on their best (on device, no host sync)."""
@@ -203,6 +235,61 @@ class StageRun:
             self.best_images = images
         else:
             self.best_images = torch.where(per_sample.view(-1, 1, 1, 1), images, self.best_images)
+
+
+class Plateau:
+    """Early stop of one stage: has its best loss improved by less than `gain` (relative) over the
+    last `window` (a fraction) of its `steps`?
+
+    It sees the best loss only at log intervals, and compares with the last check at least a
+    window back; the best loss never rises, so an older reference can only show more improvement:
+    the stage stops no sooner than an every-step check would let it.
+    """
+
+    def __init__(self, steps: int, window: float, gain: float) -> None:
+        self.window = max(1, math.ceil(window * steps))
+        self.gain = gain
+        self.checks: list[tuple[int, float]] = []
+
+    def stalled(self, done: int, best: float) -> bool:
+        """Note the stage's best loss after `done` steps; whether the stage has stalled."""
+        reference = None
+        for step, value in self.checks:
+            if step > done - self.window:
+                break
+            reference = value
+        self.checks.append((done, best))
+        return reference is not None and math.isfinite(reference) and best > (1 - self.gain) * reference
+
+
+def record_and_check(
+    log: LossLog, at: int, logged: Tensor, best: StageRun, plateau: Plateau | None, done: int, steps: int
+) -> tuple[list[float], bool]:
+    """Record `logged` in `log` at step `at`, and whether the stage (`done` of its `steps` run)
+    has stalled by `plateau` (None: never): one host transfer for the history and the best so far."""
+    host = torch.cat([logged, best.best_losses]).double().cpu()
+    values = log.record(at, host[: logged.numel()])
+    stalled = (
+        plateau is not None and done < steps and plateau.stalled(done, float(host[logged.numel() :].min()))
+    )
+    return values, stalled
+
+
+def _keep_adam_rows(
+    optimizer: torch.optim.Optimizer,
+    params: list[Tensor],
+    select: Callable[[dict[str, Tensor]], dict[str, Tensor]],
+) -> None:
+    """Point `optimizer` (one parameter group) at `params`, the selected rows of its parameters,
+    and carry over the same rows of its per-element state (Adam's moments; its step count as is)."""
+    group = optimizer.param_groups[0]
+    for old, new in zip(group["params"], params, strict=True):
+        state = optimizer.state.pop(old, {})
+        optimizer.state[new] = {
+            key: select({key: value})[key] if torch.is_tensor(value) and value.shape == old.shape else value
+            for key, value in state.items()
+        }
+    group["params"] = params
 
 
 def halving_survivors(losses: Tensor) -> list[int]:
@@ -282,14 +369,14 @@ class GIFD(GenerativeAttack):
             for stage in range(stages[0]):
                 variables = prior.advance(stage, variables, context)
         matcher = GradientMatcher(target, cfg.distance, cfg.layer_weights)
-        log, results = LossLog(restarts), []
+        log, results, pruned = LossLog(restarts), [], []
         best_overall: StageResult | None = None
         offset = 0
-        #: Original indices of the restarts still running (all of them unless `halving` pruned some).
+        #: Original indices of the restarts still running (all of them unless halving pruned some).
         active = list(range(restarts))
         with progress_bar(sum(budget), self.name, self.progress) as advance:
             for stage, steps in zip(stages, budget, strict=True):
-                pruned = active if len(active) < restarts else None
+                rung = steps // 2 if cfg.rung and stage == stages[0] and steps >= 2 else None
                 run = self.run_stage(
                     stage,
                     steps,
@@ -301,9 +388,17 @@ class GIFD(GenerativeAttack):
                     log=log,
                     offset=offset,
                     advance=advance,
-                    active=pruned,
+                    active=active if len(active) < restarts else None,
+                    rung=rung,
                 )
-                offset += steps
+                if run.survivors is not None and rung is not None:
+                    dropped = [r for k, r in enumerate(active) if k not in run.survivors]
+                    pruned.append(Pruning(stage=stage, step=offset + rung, restarts=dropped))
+                    active = [active[k] for k in run.survivors]
+                    context = run.context if run.context is not None else context
+                if run.steps < steps:  # stopped early: the loss history is the prefix it ran
+                    advance(steps - run.steps, math.nan)
+                offset += run.steps
                 losses = run.best_losses.detach().double().cpu()
                 best = int(losses.argmin())
                 images = to_victim_images(
@@ -320,6 +415,8 @@ class GIFD(GenerativeAttack):
                     loss=float(losses[best]),
                     restart_losses=restart_losses,
                     end_step=offset,
+                    budget=steps,
+                    steps=run.steps,
                 )
                 results.append(stage_result)
                 if best_overall is None or stage_result.loss < best_overall.loss:
@@ -330,6 +427,8 @@ class GIFD(GenerativeAttack):
                         keep = halving_survivors(losses)
                         chosen = select_restarts(chosen, keep, len(active), n)
                         context = select_restarts(context, keep, len(active), n)
+                        dropped = [r for k, r in enumerate(active) if k not in keep]
+                        pruned.append(Pruning(stage=stage, step=offset, restarts=dropped))
                         active = [active[k] for k in keep]
                     with torch.no_grad():
                         variables = prior.advance(stage, chosen, context)
@@ -342,9 +441,10 @@ class GIFD(GenerativeAttack):
             best_restart=min(range(restarts), key=best_overall.restart_losses.__getitem__),
             loss_history=log.losses,
             log_steps=log.steps,
-            steps=sum(budget),
+            steps=offset,
             seconds=clock.elapsed(),
             stages=results,
+            pruned=pruned,
         )
 
     def run_stage(
@@ -361,6 +461,7 @@ class GIFD(GenerativeAttack):
         offset: int,
         advance: Callable[[int, float], None],
         active: list[int] | None = None,
+        rung: int | None = None,
     ) -> StageRun:
         """Optimise stage `stage`'s trainable variables from `start` for `steps` steps, for all
         restarts at once; return each restart's best variables, loss and images.
@@ -371,6 +472,13 @@ class GIFD(GenerativeAttack):
         recorded in `log` at steps `offset + k` and reported to `advance(steps, best_loss)` (a
         `progress_bar`'s). `active` gives the restarts' original indices when halving pruned some
         (for the loss history; None: all of them, in order).
+
+        `rung`: before step `rung`, keep only the better half of the restarts by their best loss
+        so far (one host sync) and run those on; their variables, Adam moments and best so far are
+        the rows they had, so each survivor continues its own trajectory. The returned run then
+        holds the survivors only (`survivors`, `context`). With the `early_stop` setting the stage
+        ends (after scoring its current variables) once it has stalled (see `Plateau`); it then
+        ran the prefix of the steps it would have run without, and `steps` says how many.
         """
         cfg, prior = self.config, self.prior
         n = target.batch_size
@@ -393,13 +501,38 @@ class GIFD(GenerativeAttack):
             best_losses=torch.full((restarts,), float("inf"), device=target.device),
             best_images=torch.empty(0),
         )
+        plateau = Plateau(steps, cfg.early_stop_window, cfg.early_stop_gain) if cfg.early_stop else None
+        end = steps
         for step in range(steps + 1):
-            if step == steps:  # the last pass only scores the final variables: no graph
+            if step == end:  # the last pass only scores the final variables: no graph
                 with torch.no_grad():
                     images = prior(stage, variables, context)
                     losses = self.restart_losses(images, target, matcher)
                 best.keep(losses, variables, images, n)
                 break
+            if step == rung and restarts > 1:
+                keep = halving_survivors(best.best_losses)
+                kept = active if active is not None else list(range(restarts))
+                active = [kept[k] for k in keep]
+                scatter = torch.tensor(active, device=target.device)
+                best.survivors = keep
+
+                def select(
+                    tensors: dict[str, Tensor], keep: list[int] = keep, count: int = restarts
+                ) -> dict[str, Tensor]:
+                    return select_restarts(tensors, keep, count, n)
+
+                variables = {
+                    k: v.detach().requires_grad_(k in trainable) for k, v in select(variables).items()
+                }
+                origin, norms, context = select(origin), select(norms), select(context)
+                best.best_variables = select(best.best_variables)
+                best.best_images = select({"images": best.best_images})["images"]
+                best.best_losses = best.best_losses[torch.tensor(keep, device=target.device)]
+                best.context = context
+                params = [variables[k] for k in trainable]
+                _keep_adam_rows(optimizer, params, select)
+                restarts = len(keep)
             images = prior(stage, variables, context)
             losses = self.restart_losses(images, target, matcher)
             # These losses score the current variables: keep each restart's best (no host sync).
@@ -417,8 +550,13 @@ class GIFD(GenerativeAttack):
                 logged = losses.detach()
                 if scatter is not None:  # pruned restarts are NaN in the history
                     logged = logged.new_full((log.restarts,), math.nan).index_copy(0, scatter, logged)
-                values = log.record(offset + step + 1, logged)
+                values, stalled = record_and_check(
+                    log, offset + step + 1, logged, best, plateau, step + 1, steps
+                )
                 advance(offset + step + 1 - previous, min((v for v in values if v == v), default=math.nan))
+                if stalled:
+                    end = step + 1
+        best.steps = end
         return best
 
     def _constrain(

@@ -5,6 +5,8 @@ and sets `func` to the function that runs it. Only the module of the command bei
 imported (`gifd --help` imports none), and command modules import torch only inside the
 functions that run, so help and bad-input errors come fast. A GifdError becomes one line on
 stderr and exit code 2; Ctrl-C, at any point, one line and exit code 130.
+The CLI owns its process, so it opts into the process-wide allocator tuning of
+`gifd.runtime.reuse_large_allocations` (the library itself never applies it).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 
 from gifd import __version__
 from gifd.errors import GifdError
+from gifd.runtime import reuse_large_allocations
 
 #: Every command, in the order `gifd --help` lists them: name -> (module of gifd.cli that
 #: registers it, the one-line help it has in `gifd --help`).
@@ -56,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     try:
         args = build_parser(command).parse_args(argv)
+        reuse_large_allocations()  # the CLI's process is its own: reuse freed large blocks (gifd.runtime)
         args.func(args)
     except GifdError as exc:
         print(f"gifd {command}: error: {exc}", file=sys.stderr)

@@ -78,6 +78,12 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     add("--steps", type=int, help="total step budget per restart of every attack")
     add("--restarts", type=int, help="restarts per attack")
     add(
+        "--preset",
+        choices=["paper", "fast"],
+        help="settings of the GAN-based attacks: paper (full budget for every restart, the default) or "
+        "fast (early stop on a plateau; gifd also prunes the worse half of the restarts)",
+    )
+    add(
         "--defense",
         help="client defense: noise:STD, clip:BOUND, prune:RATIO, soteria:FRACTION, dpsgd:CLIP,SIGMA, joined with +",
     )
