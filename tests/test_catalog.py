@@ -1,6 +1,7 @@
 """The help texts' component names (gifd.catalog) are the registered ones, and the command line
 starts without importing torch."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ from gifd import catalog
 from gifd.attacks import ATTACKS, LABEL_RULES
 from gifd.data import builtin_sources
 from gifd.priors import PRIORS
+from gifd.priors.training import LOSSES, TrainPriorConfig
 from gifd.victims import NORMALIZATIONS, victim_names
 
 
@@ -18,11 +20,14 @@ def test_catalog_names_equal_the_registries() -> None:
     assert sorted(catalog.ATTACKS) == sorted(ATTACKS.names())
     assert list(catalog.LABEL_RULES) == list(LABEL_RULES)
     assert sorted(catalog.PRIORS) == sorted(PRIORS)
+    fields = {f.name: f.default for f in dataclasses.fields(TrainPriorConfig)}
+    assert {k: v for k, v in fields.items() if k not in ("data", "out", "device")} == catalog.TRAIN_PRIOR_DEFAULTS
+    assert catalog.TRAIN_PRIOR_LOSSES == LOSSES
 
 
 def test_help_imports_neither_torch_nor_pydantic() -> None:
     """`gifd --help` and each fast command's --help load no heavy module (what makes them slow)."""
-    for args in ([], ["attack"], ["demo"], ["report"], ["sweep"], ["priors"]):
+    for args in ([], ["attack"], ["demo"], ["report"], ["sweep"], ["priors"], ["train-prior"]):
         code = (
             "import sys\nfrom gifd.cli import main\n"
             "try:\n    main([*sys.argv[1:], '--help'])\nexcept SystemExit:\n    pass\n"

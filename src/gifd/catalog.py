@@ -19,3 +19,22 @@ ATTACKS = ("ggl", "gi", "gias", "gifd", "gifd-noball", "ig", "latent")
 LABEL_RULES = ("unique", "count", "paper")
 #: gifd.priors.PRIORS.
 PRIORS = ("biggan-deep-128", "biggan-deep-256", "biggan-deep-512", "dcgan", "digiface-dcgan64", "stylegan2")
+#: gifd.priors.training.TrainPriorConfig's defaults, for `gifd train-prior --help`.
+TRAIN_PRIOR_DEFAULTS = {
+    "iterations": 5000,
+    "batch_size": 64,
+    "resolution": 64,
+    "nz": 100,
+    "ngf": 64,
+    "ndf": 64,
+    "lr": 2e-4,
+    "beta1": 0.5,
+    "beta2": 0.999,
+    "loss": "nonsaturating",
+    "augment": "color,translation,cutout",
+    "seed": 0,
+    "checkpoint_every": 500,
+    "sample_every": 500,
+}
+#: gifd.priors.training.LOSSES.
+TRAIN_PRIOR_LOSSES = ("nonsaturating", "hinge")

@@ -7,9 +7,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from gifd import catalog
 from gifd.cli import command_help
 from gifd.errors import GifdError
-from gifd.priors.training import TrainPriorConfig, load_checkpoint_config, train_prior
 
 #: train-prior options that define the run (argparse default None = "not given", so a resumed run
 #: can tell an explicit value, which must match the checkpoint, from an omitted one).
@@ -21,6 +21,8 @@ _RUN_OPTIONS = ("iterations", "checkpoint_every", "sample_every", "device")
 
 def run_train_prior(args: argparse.Namespace) -> None:
     """Train (or resume) a DCGAN prior and say how to use the result."""
+    from gifd.priors.training import TrainPriorConfig, load_checkpoint_config, train_prior
+
     given: dict[str, Any] = {
         name: getattr(args, name)
         for name in (*_TRAINING_OPTIONS, *_RUN_OPTIONS)
@@ -43,8 +45,8 @@ def run_train_prior(args: argparse.Namespace) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `train-prior` to the gifd command line (its help shows TrainPriorConfig's defaults, so
-    this module imports the training code)."""
+    """Add `train-prior` to the gifd command line (its help shows TrainPriorConfig's defaults, read
+    from gifd.catalog so that help does not import torch)."""
     train = subparsers.add_parser(
         "train-prior",
         help=command_help("train-prior"),
@@ -54,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--prior dcgan --prior-weights OUT/generator.pt."
         ),
     )
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainPriorConfig)}
+    defaults = catalog.TRAIN_PRIOR_DEFAULTS
     train.add_argument("--data", help="folder of images, comma-separated image files, or builtin:NAME")
     train.add_argument("--out", required=True, help="output directory (checkpoint, samples, generator)")
     train.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
@@ -70,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--beta1", type=float, help=f"Adam beta1 (default {defaults['beta1']})")
     train.add_argument("--beta2", type=float, help=f"Adam beta2 (default {defaults['beta2']})")
     train.add_argument(
-        "--loss", choices=("nonsaturating", "hinge"), help=f"GAN loss (default {defaults['loss']})"
+        "--loss", choices=catalog.TRAIN_PRIOR_LOSSES, help=f"GAN loss (default {defaults['loss']})"
     )
     train.add_argument(
         "--augment",
