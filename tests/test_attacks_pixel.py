@@ -5,7 +5,7 @@ import torch
 
 from gifd.attacks import ATTACKS, Target
 from gifd.attacks.base import GradientMatcher
-from gifd.attacks.pixel import group_consistency
+from gifd.attacks.pixel import group_consistency, initial_inputs
 from gifd.client import compute_update
 from gifd.errors import GifdError
 from gifd.metrics import psnr
@@ -87,3 +87,23 @@ def test_target_refuses_a_label_count_that_does_not_fit(lenet32, cifar32) -> Non
         Target(lenet32, update, torch.tensor([1]))
     with pytest.raises(GifdError, match="does not fit victim"):
         Target(create_victim("convnet"), update, torch.tensor([1, 2]))
+
+
+def test_uniform_init_starts_from_valid_images_and_randn_from_igs_draw(lenet_target) -> None:
+    shape = (4, 1, 3, 32, 32)
+    uniform = initial_inputs("uniform", shape, lenet_target, torch.Generator().manual_seed(0))
+    images = lenet_target.victim.denormalize(uniform.flatten(0, 1))
+    assert uniform.shape == shape and images.min() >= 0 and images.max() <= 1
+    # U(0, 1) pixels: mean 1/2 and variance 1/12 in image space (12288 draws: 5-sigma bounds).
+    assert abs(float(images.mean()) - 0.5) < 5 * math.sqrt(1 / 12 / images.numel())
+    assert float(images.var()) == pytest.approx(1 / 12, rel=0.05)
+    randn = initial_inputs("randn", shape, lenet_target, torch.Generator().manual_seed(0))
+    assert torch.equal(randn, torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+
+
+def test_ig_runs_from_the_uniform_start(lenet_target) -> None:
+    config = {"steps": 3, "restarts": 2, "init": "uniform", "log_every": 1}
+    result = ATTACKS.get("ig")(config, progress=False).run(lenet_target, torch.Generator().manual_seed(0))
+    assert result.images.shape == (1, 3, 32, 32) and len(result.loss_history[0]) == 3
+    with pytest.raises(GifdError, match="init"):
+        ATTACKS.get("ig")({"init": "zeros"}, progress=False)

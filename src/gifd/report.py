@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gifd.errors import GifdError
 from gifd.imageio import image_to_data_uri, upscale_nearest, write_atomically
+from gifd.metrics.info import METRIC_INFO
 from gifd.rundir import read_marker, record_files, stage_image_name
 
 __all__ = [
@@ -44,17 +45,6 @@ __all__ = [
 REPORT_NAME = "report.html"
 #: Shorter side, in pixels, that images are enlarged to (nearest neighbour, integer factor).
 MIN_IMAGE_SIDE = 96
-
-#: Metric columns in display order: key -> (header, higher is better, format).
-METRICS: dict[str, tuple[str, bool, str]] = {
-    "psnr": ("PSNR (dB) ↑", True, "{:.2f}"),
-    "ssim": ("SSIM ↑", True, "{:.3f}"),
-    "ms_ssim": ("MS-SSIM ↑", True, "{:.3f}"),
-    "lpips_st": ("LPIPS-ST ↓", False, "{:.3f}"),
-    "lpips": ("LPIPS ↓", False, "{:.3f}"),
-    "mse": ("MSE ↓", False, "{:.4f}"),
-    "feature_mse": ("feature MSE ↓", False, "{:.3g}"),
-}
 
 #: How each label-inference rule works, in words (see gifd.attacks.labels).
 LABEL_RULE_WORDS = {
@@ -164,14 +154,14 @@ def render_audit_report(audit: dict[str, Any], audit_dir: str | Path) -> str:
         for k in ("psnr", "ssim", "lpips_st")
         if any(k in (c.get("attacks") or {}).get(a, {}) for c in clients for a in attacks)
     ]
-    head = "".join(f"<th>{_e(a)}: {_e(METRICS[k][0])}</th>" for a in attacks for k in keys)
+    head = "".join(f"<th>{_e(a)}: {_e(_column(k)[0])}</th>" for a in attacks for k in keys)
     head += "".join(f"<th>{_e(a)}: gradient loss</th>" for a in attacks)
     rows = []
     for c in clients:
         training = c.get("local_training") or {}
         summaries = c.get("attacks") or {}
         cells = "".join(
-            f'<td class="num">{_fmt(_metric(summaries.get(a) or {}, k), METRICS[k][2], k)}</td>'
+            f'<td class="num">{_fmt(_metric(summaries.get(a) or {}, k), _column(k)[2], k)}</td>'
             for a in attacks
             for k in keys
         )
@@ -289,7 +279,7 @@ class _Run:
             for key in self.summary(attack).get("per_image") or {}:
                 if key not in present:
                     present.append(key)
-        return [k for k in METRICS if k in present] + [k for k in present if k not in METRICS]
+        return [k for k in METRIC_INFO if k in present] + [k for k in present if k not in METRIC_INFO]
 
     def notes(self) -> list[str]:
         """The evaluation's notes (omitted metrics, caveats), each once."""
@@ -402,7 +392,7 @@ def _label_line(run: _Run) -> str:
 
 def _metrics_section(run: _Run) -> str:
     keys = run.metric_keys()
-    columns = [(k, *METRICS.get(k, (k, None, "{:.4g}"))) for k in keys]
+    columns = [(k, *_column(k)) for k in keys]
     columns += [("seconds", "seconds ↓", False, "{:.1f}"), ("steps", "steps", None, "{:d}")]
     header = "<tr><th>attack</th>" + "".join(f"<th>{_e(h)}</th>" for _, h, _, _ in columns) + "</tr>"
     values = {a: {k: _metric(run.summary(a), k) for k, *_ in columns} for a in run.attacks}
@@ -446,7 +436,7 @@ def _per_image_table(run: _Run, keys: list[str]) -> str:
         return ""
     header = (
         "<tr><th>image</th><th>attack</th>"
-        + "".join(f"<th>{_e(METRICS.get(k, (k,))[0])}</th>" for k in keys)
+        + "".join(f"<th>{_e(_column(k)[0])}</th>" for k in keys)
         + "</tr>"
     )
     rows = []
@@ -454,7 +444,7 @@ def _per_image_table(run: _Run, keys: list[str]) -> str:
         values = {
             a: {k: _metric(run.summary(a).get("per_image") or {}, k, i) for k in keys} for a in run.attacks
         }
-        best = {k: _best([values[a][k] for a in run.attacks], METRICS.get(k, ("", None))[1]) for k in keys}
+        best = {k: _best([values[a][k] for a in run.attacks], _column(k)[1]) for k in keys}
         for j, attack in enumerate(run.attacks):
             first = (
                 f'<th rowspan="{len(run.attacks)}" class="img">{i}: {_e(run.names[i])}'
@@ -464,7 +454,7 @@ def _per_image_table(run: _Run, keys: list[str]) -> str:
             )
             cells = "".join(
                 f'<td class="{"num best" if values[attack][k] is not None and values[attack][k] in best[k] else "num"}">'
-                f"{_fmt(values[attack][k], METRICS.get(k, ('', None, '{:.4g}'))[2], k)}</td>"
+                f"{_fmt(values[attack][k], _column(k)[2], k)}</td>"
                 for k in keys
             )
             group = ' class="group"' if j == 0 else ""
@@ -778,6 +768,12 @@ def _metric(values: dict[str, Any], key: str, index: int | None = None) -> float
     if key == "psnr" and value is None:
         return math.inf
     return _number(value)
+
+
+def _column(key: str) -> tuple[str, bool | None, str]:
+    """Header, better direction and format of a metric column (an unknown key: its name, none)."""
+    info = METRIC_INFO.get(key)
+    return (info.header, info.higher_is_better, info.fmt) if info else (key, None, "{:.4g}")
 
 
 def _best(values: Sequence[float | None], higher: bool | None) -> set[float]:

@@ -67,6 +67,7 @@ from gifd.config import build_config, read_yaml
 from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, run_experiment
 from gifd.imageio import write_atomically
+from gifd.metrics.info import METRIC_INFO
 from gifd.rundir import check_replaceable, read_marker, write_marker
 
 __all__ = [
@@ -91,12 +92,8 @@ EXECUTORS: tuple[str, ...] = ("local", "ray")
 DEFAULT_JOB_THREADS = 1
 #: Grid key that expands to one job per image: `images_each: [0, 1]` == `indices: [[0], [1]]`.
 IMAGES_EACH = "images_each"
-#: Metric columns of the aggregate: key -> (header, higher is better).
-METRIC_COLUMNS: dict[str, tuple[str, bool]] = {
-    "psnr": ("PSNR", True),
-    "ssim": ("SSIM", True),
-    "lpips_st": ("LPIPS (shift-tolerant)", False),
-}
+#: Metric columns of the aggregate (their names and directions: gifd.metrics.METRIC_INFO).
+METRIC_COLUMNS = ("psnr", "ssim", "lpips_st")
 #: Short prefixes of axis values in job names (no prefix: the value names itself).
 _NAME_PREFIX = {
     "indices": "img",
@@ -689,7 +686,8 @@ def plot_aggregate(aggregate: dict[str, Any]) -> dict[str, bytes]:
     attacks = list(dict.fromkeys(row["attack"] for row in rows))
     hues = list(dict.fromkeys(json.dumps(row.get(hue), default=str) for row in rows)) if hue else ["null"]
     pngs: dict[str, bytes] = {}
-    for metric, (label, higher) in METRIC_COLUMNS.items():
+    for metric in METRIC_COLUMNS:
+        label, direction = METRIC_INFO[metric].name, METRIC_INFO[metric].direction
         figure = Figure(
             figsize=(max(4.5, 1.2 * len(attacks) * max(1, len(hues)) ** 0.5 + 2), 3.4),
             dpi=100,
@@ -726,7 +724,7 @@ def plot_aggregate(aggregate: dict[str, Any]) -> dict[str, bytes]:
         if not plotted:
             continue
         axes.set_xticks(range(len(attacks)), attacks)
-        axes.set_ylabel(f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=9)
+        axes.set_ylabel(f"{label} ({direction})", fontsize=9)
         axes.set_title(
             f"mean {label} per attack" + (f", by {hue}" if hue else "") + " (bars: ±1 std over jobs)",
             fontsize=10,
@@ -812,7 +810,7 @@ def _defense_strength_plots(rows: list[dict[str, Any]]) -> dict[str, bytes]:
             utility.set_ylabel("cosine of defended to clean update", fontsize=8, color="0.4")
             utility.set_ylim(0, 1.05)
         axes.set_xlabel(f"{kind} parameter")
-        axes.set_ylabel("PSNR (higher is better)", fontsize=9)
+        axes.set_ylabel(f"{METRIC_INFO['psnr'].name} ({METRIC_INFO['psnr'].direction})", fontsize=9)
         axes.set_title(f"mean PSNR against {kind} (dashed: no defense; dotted: utility)", fontsize=10)
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize=8)

@@ -19,6 +19,8 @@ makes no host sync except at log intervals.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -47,6 +49,10 @@ class PixelConfig(AttackConfig):
     norm: NonNegative = 0.0
     #: Adam on the sign of the gradient (IG's code) or on the gradient itself.
     signed: bool = False
+    #: The dummy's start: "randn" draws N(0, 1) in the victim's normalised input space and clamps
+    #: it to the image range (IG's and GI's code); "uniform" draws each pixel from U(0, 1) in
+    #: image space, then normalises (every start is a valid image).
+    init: Literal["randn", "uniform"] = "randn"
     #: Fractions of the steps at which the learning rate is multiplied by 0.1.
     decay_at: list[Fraction] = Field(default_factory=lambda: [3 / 8, 5 / 8, 7 / 8])
     #: Group consistency (GI): weight, first step, refresh interval of the restart mean.
@@ -72,7 +78,7 @@ class PixelAttack(Attack):
         clock = Stopwatch(device)
         side, restarts, n = victim.resolution, cfg.restarts, target.batch_size
         low, high = clamp_bounds(victim, device)
-        inputs = torch.randn(restarts, n, 3, side, side, generator=generator).to(device)
+        inputs = initial_inputs(cfg.init, (restarts, n, 3, side, side), target, generator)
         inputs = torch.maximum(torch.minimum(inputs, high), low).requires_grad_(True)
         optimizer = torch.optim.Adam([inputs], lr=cfg.lr)
         milestones = sorted({max(1, int(cfg.steps * f)) for f in cfg.decay_at})
@@ -124,6 +130,17 @@ class PixelAttack(Attack):
             steps=cfg.steps,
             seconds=clock.elapsed(),
         )
+
+
+def initial_inputs(
+    init: Literal["randn", "uniform"], shape: tuple[int, ...], target: Target, generator: torch.Generator
+) -> Tensor:
+    """The restarts' dummy inputs in the victim's normalised space, drawn on the CPU from
+    `generator` (so the start does not depend on the device), see `PixelConfig.init`."""
+    if init == "randn":
+        return torch.randn(shape, generator=generator).to(target.device)
+    images = torch.rand(shape, generator=generator).to(target.device)
+    return target.victim.normalize(images.flatten(0, 1)).view(shape)
 
 
 def group_consistency(inputs: Tensor, group_mean: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ from gifd.metrics.image import (
     psnr,
     ssim,
 )
+from gifd.metrics.info import METRIC_INFO, MetricInfo
 from gifd.metrics.perceptual import (
     LPIPS,
     LpipsNetwork,
@@ -27,9 +28,11 @@ from gifd.metrics.perceptual import (
 
 __all__ = [
     "LPIPS",
+    "METRIC_INFO",
     "MS_SSIM_WEIGHTS",
     "Evaluation",
     "LpipsNetwork",
+    "MetricInfo",
     "PerceptualDistance",
     "PerceptualMetric",
     "clear_network_cache",
