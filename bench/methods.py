@@ -1,24 +1,36 @@
 """Methods benchmark: GIFD against its baselines on the built-in out-of-distribution setting.
 
 The prior is the face DCGAN `digiface-dcgan64` (synthetic faces); the private data are real
-photos (`builtin:photos`); the victim is the untrained ConvNet at 64 px; batch size 1; labels
-inferred from the gradient. Every method gets the same step budget per restart, the same
-restarts and the same seed, on the same client updates. The paper's claim to check: GIFD beats
-the latent-only search and GIAS/GGL on out-of-distribution images.
+photos (`builtin:photos`, the evaluation set: never used to choose a setting); the victim is the
+untrained ConvNet or the paper's CIFAR ResNet-18 at 64 px; batch size 1; labels inferred from the
+gradient. Every method attacks the same client updates with the same restarts and seed.
+
+Two budget modes, both on the table:
+- equal compute (`--steps N`): every method gets N steps per restart; GIFD splits them over its
+  stages;
+- paper style (`--stage-steps N`): every GIFD stage (and the latent search) gets N steps, as the
+  paper gives each stage 1000; the other methods get N x (GIFD's stage count) steps, the same
+  total as GIFD.
+
+GIFD's l1 radii: `--radii FILE` (a `gifd calibrate` result made on public calibration images),
+`auto`, or the prior's default when omitted; `gifd-noball` is GIFD with no ball.
 
 Usage (from the repository root):
 
-    .venv/bin/python bench/methods.py [--images 0,1,2,3,4,5,6,7] [--steps 400] [--restarts 2]
-        [--attacks gifd,gias,ggl,latent,ig] [--ggl-population 16] [--threads N]
-        [--out bench/results/methods.json]
+    .venv/bin/python bench/methods.py [--victim convnet] [--images 0,1,2,3,4,5,6,7] [--steps 300]
+        [--stage-steps N] [--restarts 2] [--radii FILE|auto]
+        [--attacks gifd,latent,gifd-noball,gias,ggl,ig,gi] [--ggl-population 8] [--threads N]
+        [--out bench/results/methods_convnet.json]
 
-Writes the JSON (the full experiment results: config, versions, per-image metrics, loss curves)
-and a markdown table next to it (`.md`), both atomically, and prints the table.
+Writes the JSON (the full experiment results: config, versions, per-image metrics, loss curves),
+a markdown table (`.md`) and the PSNR-against-seconds figure (`.png`) next to it, all
+atomically, and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -26,39 +38,99 @@ from typing import Any
 import torch
 
 from common import write_json, write_text
+from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, run_experiment
+from gifd.imageio import write_atomically
+from gifd.metrics import METRIC_INFO
 from gifd.runtime import reuse_large_allocations
 
-COLUMNS = (("psnr", "PSNR (dB) ↑"), ("ssim", "SSIM ↑"), ("lpips_st", "LPIPS-ST ↓"), ("seconds", "seconds"))
+METRICS = ("psnr", "ssim", "lpips_st")
+#: The attacks whose budget is per stage in the paper-style mode.
+STAGED = ("gifd", "gifd-noball", "latent")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--victim", default="convnet")
     parser.add_argument("--images", default="0,1,2,3,4,5,6,7", help="indices into builtin:photos")
-    parser.add_argument("--attacks", default="gifd,gias,ggl,latent,ig")
-    parser.add_argument("--steps", type=int, default=400, help="step budget per restart of every method")
+    parser.add_argument("--attacks", default="gifd,latent,gifd-noball,gias,ggl,ig,gi")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=300, help="equal compute: steps per restart of every method")
+    budget.add_argument("--stage-steps", type=int, help="paper style: steps of every GIFD stage")
     parser.add_argument("--restarts", type=int, default=2)
-    parser.add_argument("--ggl-population", type=int, default=16, help="CMA-ES candidates per generation")
+    parser.add_argument("--radii", help="GIFD's radii: a gifd calibrate file or auto (default: the prior's)")
+    parser.add_argument("--ggl-population", type=int, default=8, help="CMA-ES candidates per generation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="bench/results/methods.json")
+    parser.add_argument("--out", help="JSON path (default bench/results/methods_VICTIM[_paper].json)")
     return parser.parse_args(argv)
 
 
+def experiment_config(args: argparse.Namespace, num_stages: int) -> ExperimentConfig:
+    """The benchmark's experiment; in paper style the non-staged methods get GIFD's total steps."""
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    settings: dict[str, dict[str, Any]] = {name: {} for name in attacks}
+    if "ggl" in settings:
+        settings["ggl"]["population"] = args.ggl_population
+    if args.radii and "gifd" in settings:
+        settings["gifd"]["radii"] = args.radii
+    shared: dict[str, Any] = {"steps": args.steps}
+    if args.stage_steps is not None:
+        shared = {"stage_steps": args.stage_steps}
+        for name in attacks:
+            if name not in STAGED:
+                settings[name]["steps"] = args.stage_steps * num_stages
+    return ExperimentConfig(
+        victim=args.victim,
+        resolution=64,
+        images="builtin:photos",
+        indices=[int(i) for i in args.images.split(",")],
+        batch_size=1,
+        prior="digiface-dcgan64",
+        attacks=attacks,
+        restarts=args.restarts,
+        attack_settings={name: values for name, values in settings.items() if values},
+        seed=args.seed,
+        device=args.device,
+        **shared,
+    )
+
+
 def markdown_table(results: dict[str, Any]) -> str:
-    """Mean metrics per method as a markdown table."""
-    lines = [
-        "| method | " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|---" * (len(COLUMNS) + 1) + "|",
-    ]
+    """Mean metrics and seconds per method as a markdown table."""
+    headers = [METRIC_INFO[key].header for key in METRICS]
+    lines = ["| method | " + " | ".join(headers) + " | steps | seconds |", "|---" * (len(METRICS) + 3) + "|"]
     for name, summary in results["attacks"].items():
-        cells = []
-        for key, _ in COLUMNS:
-            value = summary.get(key)
-            cells.append("-" if value is None else f"{value:.3f}" if key != "seconds" else f"{value:.0f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        cells = [
+            "-" if summary.get(key) is None else METRIC_INFO[key].fmt.format(summary[key]) for key in METRICS
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {summary.get('steps', '-')} | {summary['seconds']:.0f} |")
     return "\n".join(lines)
+
+
+def psnr_seconds_figure(results: dict[str, Any], title: str) -> bytes:
+    """PNG: mean PSNR (bars: ±1 std over images) against mean seconds per image, one point per method."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for i, (name, summary) in enumerate(results["attacks"].items()):
+        values = torch.tensor([v for v in summary["per_image"]["psnr"] if v is not None], dtype=torch.float64)
+        seconds = summary["seconds"] / max(1, len(results["config"]["indices"]))
+        spread = float(values.std()) if len(values) > 1 else 0.0
+        axes.errorbar(seconds, float(values.mean()), yerr=spread, fmt="o", capsize=3, color=f"C{i % 10}")
+        axes.annotate(name, (seconds, float(values.mean())), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    axes.set_xlabel("seconds per image (all restarts)")
+    axes.set_ylabel(f"{METRIC_INFO['psnr'].name} ({METRIC_INFO['psnr'].direction})")
+    axes.set_title(title, fontsize=9)
+    axes.margins(x=0.15)
+    axes.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,37 +138,39 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    config = ExperimentConfig(
-        victim="convnet",
-        resolution=64,
-        images="builtin:photos",
-        indices=[int(i) for i in args.images.split(",")],
-        batch_size=1,
-        prior="digiface-dcgan64",
-        attacks=attacks,
-        steps=args.steps,
-        restarts=args.restarts,
-        attack_settings={"ggl": {"population": args.ggl_population}} if "ggl" in attacks else {},
-        seed=args.seed,
-        device=args.device,
-    )
+    from gifd.priors import create_prior
+
+    num_stages = create_prior("digiface-dcgan64").num_stages
+    try:
+        config = experiment_config(args, num_stages)
+    except GifdError as exc:
+        raise SystemExit(str(exc)) from None
     start = time.perf_counter()
     results = run_experiment(config, None, progress=True)
     results["benchmark"] = {
         "name": "methods",
+        "mode": "paper" if args.stage_steps is not None else "equal",
         "wall_seconds": round(time.perf_counter() - start, 1),
         "threads": torch.get_num_threads(),
     }
-    table = markdown_table(results)
-    out = Path(args.out)
-    write_json(out, results)
-    header = (
-        f"Built-in OOD setting: digiface-dcgan64 prior, real photos {config.indices}, untrained ConvNet 64 px, "
-        f"batch 1, {args.steps} steps x {args.restarts} restarts per method, seed {args.seed} "
-        f"(GGL: {args.steps} generations x {args.ggl_population} candidates).\n\n"
+    mode = "_paper" if args.stage_steps is not None else ""
+    out = Path(args.out or f"bench/results/methods_{args.victim}{mode}.json")
+    budget = (
+        f"{args.stage_steps} steps per GIFD stage (others: {args.stage_steps * num_stages} steps)"
+        if args.stage_steps is not None
+        else f"{args.steps} steps per method (GIFD: split over its {num_stages} stages)"
     )
+    header = (
+        f"Built-in OOD setting: digiface-dcgan64 prior, real photos {config.indices}, untrained {args.victim} "
+        f"64 px, batch 1, labels inferred, {budget}, {args.restarts} restarts, seed {args.seed}, GIFD radii "
+        f"{args.radii or 'the prior default'} (GGL: generations = steps, {args.ggl_population} candidates). "
+        "Seconds: wall time of all images.\n\n"
+    )
+    table = markdown_table(results)
+    figure = psnr_seconds_figure(results, f"{args.victim}, {budget}")
+    write_json(out, results)
     write_text(out.with_suffix(".md"), header + table + "\n")
+    write_atomically(out.with_suffix(".png"), lambda handle: handle.write(figure))
     print(header + table)
 
 
