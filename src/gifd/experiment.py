@@ -63,8 +63,12 @@ class AttackPlan(BaseModel):
     #: Generative prior of the GAN-based attacks (see `gifd priors`) and its weights path.
     prior: str = "digiface-dcgan64"
     prior_weights: str | None = None
-    #: Total step budget per restart for every attack (None: each attack's own default).
+    #: Total step budget per restart for every attack (None: each attack's own default); the
+    #: staged attacks (gifd, gifd-noball, latent) split it over their stages (equal total compute).
     steps: Count | None = None
+    #: Steps of every stage of the staged attacks, as the paper has them (1000 per stage). It sets
+    #: their budget in place of `steps` (which still sets the other attacks').
+    stage_steps: Count | None = None
     restarts: Count | None = None
     #: Named settings of the attacks that have presets (gifd, latent, gifd-noball, gias): "paper"
     #: (each restart runs its full budget) or "fast" (early stop; GIFD also prunes restarts).
@@ -96,16 +100,25 @@ class AttackPlan(BaseModel):
         return self
 
     def settings_for(self, name: str) -> dict[str, Any]:
-        """Attack `name`'s settings: the shared steps, restarts and preset (for the attacks that
-        have one), then its own attack_settings."""
+        """Attack `name`'s settings: the shared budget, restarts and preset (for the attacks that
+        have one), then its own attack_settings.
+
+        The budget: `stage_steps` for the staged attacks when given, else `steps`; an attack's own
+        `steps` or `stage_steps` in attack_settings replaces both shared ones.
+        """
+        fields = ATTACKS.get(name).Config.model_fields
+        own = self.attack_settings.get(name, {})
         settings: dict[str, Any] = {}
-        if self.steps is not None:
-            settings["steps"] = self.steps
+        if not {"steps", "stage_steps"} & own.keys():
+            if self.stage_steps is not None and "stage_steps" in fields:
+                settings["stage_steps"] = self.stage_steps
+            elif self.steps is not None:
+                settings["steps"] = self.steps
         if self.restarts is not None:
             settings["restarts"] = self.restarts
-        if self.preset is not None and "preset" in ATTACKS.get(name).Config.model_fields:
+        if self.preset is not None and "preset" in fields:
             settings["preset"] = self.preset
-        settings.update(self.attack_settings.get(name, {}))
+        settings.update(own)
         return settings
 
 
