@@ -132,7 +132,7 @@ def child_gifd(spec: dict[str, Any]) -> dict[str, Any]:
     times.clear()
     stage_steps = [spec["steps_per_stage"]] * prior.num_stages
     start, cpu_start = time.perf_counter(), time.process_time()
-    settings = {"steps": sum(stage_steps), "stage_steps": stage_steps}
+    settings = {"stage_steps": stage_steps}
     if separate:
         results = [run(settings, seed=r) for r in range(spec["restarts"])]
         result = min(results, key=lambda r: r.loss)

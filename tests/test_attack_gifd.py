@@ -84,6 +84,33 @@ def test_budget_is_split_over_stages_and_checked(prior) -> None:
         GIFD({})
 
 
+@pytest.mark.parametrize("attack", ["gifd", "gifd-noball", "latent"])
+def test_stage_steps_gives_every_stage_that_many_steps(prior, target, attack: str) -> None:
+    settings = {"stage_steps": 3, "stage_end": 2, "restarts": 1, "log_every": 1}
+    if attack == "latent":
+        del settings["stage_end"]  # its one stage
+    attacker = ATTACKS.get(attack)(settings, prior=prior, progress=False)
+    result = attacker.run(target, torch.Generator().manual_seed(0))
+    stages = 1 if attack == "latent" else 3
+    assert [(s.budget, s.steps) for s in result.stages] == [(3, 3)] * stages
+    assert [s.end_step for s in result.stages] == [3 * (k + 1) for k in range(stages)]
+    assert result.steps == 3 * stages and result.log_steps == list(range(1, 3 * stages + 1))
+    recorded = result.summary()["stages"]
+    assert [(s["budget"], s["steps"]) for s in recorded] == [(3, 3)] * stages
+
+
+def test_stage_steps_a_count_or_one_per_stage_and_never_with_steps(prior) -> None:
+    assert GIFD({"stage_steps": 7}, prior=prior).stage_budget([0, 1, 2, 3, 4]) == [7] * 5
+    assert GIFD({"stage_steps": [1, 2], "stage_end": 1}, prior=prior).stage_budget([0, 1]) == [1, 2]
+    both = "^gifd settings: steps and stage_steps both set the budget: give steps"
+    with pytest.raises(GifdError, match=both):
+        GIFD({"steps": 10, "stage_steps": 2}, prior=prior)
+    invalid = r"^latent settings: stage_steps .* is invalid: give a step count >= 1"
+    for bad in (0, -1, [2, 0], 2.5, True):
+        with pytest.raises(GifdError, match=invalid):
+            ATTACKS.get("latent")({"stage_steps": bad}, prior=prior)
+
+
 def test_latent_ablation_runs_stage_zero_only(prior, target) -> None:
     result = run(prior, target, attack="latent", restarts=2)
     assert [s.stage for s in result.stages] == [0]

@@ -271,6 +271,15 @@ BAD_INPUTS = {
     "negative steps (gifd)": (lambda _: ["--attack", "gifd", "--steps", "-1"], ["--steps -1", ">= 1"]),
     "negative steps (ig)": (lambda _: ["--attack", "ig", "--steps", "-1"], ["--steps -1", ">= 1"]),
     "zero steps": (lambda _: ["--attack", "ig", "--steps", "0"], ["--steps 0", ">= 1"]),
+    "zero stage steps": (lambda _: ["--attack", "gifd", "--stage-steps", "0"], ["--stage-steps 0", ">= 1"]),
+    "negative stage steps": (
+        lambda _: ["--attack", "latent", "--stage-steps", "-1"],
+        ["--stage-steps -1", ">= 1"],
+    ),
+    "steps and stage steps for gifd": (
+        lambda tmp: ["--attack", "gifd", *_config(tmp, "attack_settings: {gifd: {steps: 4, stage_steps: 2}}")],
+        ["gifd settings", "steps and stage_steps both set the budget", "not both"],
+    ),
     "negative restarts": (lambda _: ["--restarts", "-1"], ["--restarts -1", ">= 1"]),
     "zero restarts": (lambda _: ["--restarts", "0"], ["--restarts 0", ">= 1"]),
     "unsupported device": (lambda _: ["--device", "mps"], ["--device mps", "cpu, cuda"]),
@@ -427,6 +436,35 @@ def test_save_update_writes_an_update_that_attacks_again(tmp_path: Path) -> None
                             "--restarts", "1", "--quiet", "--out", str(again)])  # fmt: skip
     assert code == 0, err
     assert read_results(again)["inferred_labels"] == read_results(first)["inferred_labels"]
+
+
+def test_stage_steps_gives_every_stage_of_the_staged_attacks_that_many_steps(tmp_path: Path) -> None:
+    from gifd.cli import build_parser
+    from gifd.cli.attack import config_from_args
+
+    args = build_parser("attack").parse_args(
+        ["attack", "--attack", "ig,gifd,gifd-noball,latent", "--steps", "3", "--stage-steps", "2"]
+    )
+    config = config_from_args(args)
+    assert {name: config.settings_for(name) for name in config.attacks} == {
+        "ig": {"steps": 3},
+        "gifd": {"stage_steps": 2},
+        "gifd-noball": {"stage_steps": 2},
+        "latent": {"stage_steps": 2},
+    }
+    # An attack's own budget replaces both shared ones.
+    own = ExperimentConfig(attacks=["gifd"], stage_steps=2, attack_settings={"gifd": {"steps": 9}})
+    assert own.settings_for("gifd") == {"steps": 9}
+    out = tmp_path / "run"
+    flags = ["--attack", "ig,latent,gifd", "--stage-steps", "2", "--out", str(out)]
+    code, _, err = run_cli(["attack", *TINY, *flags])
+    assert code == 0, err
+    results = read_results(out)
+    attacks = results["batches"][0]["attacks"]
+    assert results["config"]["stage_steps"] == 2 and attacks["ig"]["steps"] == 3
+    assert [(s["budget"], s["steps"]) for s in attacks["latent"]["stages"]] == [(2, 2)]
+    assert [(s["budget"], s["steps"]) for s in attacks["gifd"]["stages"]] == [(2, 2)] * 5
+    assert attacks["gifd"]["steps"] == 10
 
 
 def test_existing_output_is_replaced_only_by_a_successful_run(tmp_path: Path) -> None:

@@ -111,7 +111,8 @@ def clip_scale(norms: Tensor, bound: float, dtype: torch.dtype) -> Tensor:
 def _noise_like(tensor: Tensor, std: float, generator: torch.Generator | None) -> Tensor:
     if generator is None:
         raise GifdError(
-            "a noisy defense needs a torch.Generator: pass generator= (e.g. seed_everything(seed))"
+            "a noisy defense needs a torch.Generator: pass generator= "
+            "(e.g. gifd.device.derived_generator(seed, 'client'))"
         )
     noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype, device="cpu")
     return noise.to(tensor.device) * std

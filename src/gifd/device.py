@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,16 +27,33 @@ def resolve_device(name: str | None = None) -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch, and return a CPU torch.Generator seeded with `seed`.
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch globally.
 
-    Library code takes randomness from an explicit generator; the global seeds only guard code
-    outside the project (e.g. cuDNN algorithm choice).
+    Library code takes randomness from an explicit generator (`derived_generator`); the global
+    seeds only guard code outside the project (e.g. cuDNN algorithm choice).
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+
+
+def derived_seed(seed: int, *names: str | int) -> int:
+    """A 63-bit seed of the random stream `names` of a run seeded with `seed`.
+
+    Each party, batch and attack draws from its own stream, e.g. ("client", 0, "defense") or
+    ("attacker", 0, "attack", "gifd"), so what one draws never shifts what another draws: a noise
+    defense changes the update the attacker sees and nothing else, and adding an attack leaves
+    the others' random starts alone. The seed is the first 63 bits of the SHA-256 of the JSON
+    list [seed, *names], the same on every platform and Python version.
+    """
+    text = json.dumps([int(seed), *names], separators=(",", ":"))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
+def derived_generator(seed: int, *names: str | int) -> torch.Generator:
+    """A CPU torch.Generator of the stream `names` of a run seeded with `seed` (`derived_seed`)."""
+    return torch.Generator().manual_seed(derived_seed(seed, *names))
 
 
 @contextmanager

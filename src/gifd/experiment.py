@@ -2,6 +2,11 @@
 
 The three parties stay apart: the client computes the update from the private batch; each attack
 gets only a `Target` (victim, update, inferred labels); only the evaluation sees the private images.
+Their randomness is apart too: every draw comes from a stream derived from the run's seed for one
+party, batch and purpose (`gifd.device.derived_generator`): the client's ("client", batch, "labels"
+| "defense") and the attacker's ("attacker", batch, "label-inference" | "attack", name). The
+attacker is never handed a client stream, a defense's noise does not move any attack's random
+start, and an attack draws the same start whichever other attacks run.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from gifd.defenses import (
     parse_defense_sweep,
     utility_cost,
 )
-from gifd.device import resolve_device, seed_everything, torch_threads
+from gifd.device import derived_generator, resolve_device, seed_everything, torch_threads
 from gifd.errors import GifdError
 from gifd.fedavg import LocalTraining, compute_fedavg_update
 from gifd.imageio import save_grid, save_image
@@ -58,8 +63,12 @@ class AttackPlan(BaseModel):
     #: Generative prior of the GAN-based attacks (see `gifd priors`) and its weights path.
     prior: str = "digiface-dcgan64"
     prior_weights: str | None = None
-    #: Total step budget per restart for every attack (None: each attack's own default).
+    #: Total step budget per restart for every attack (None: each attack's own default); the
+    #: staged attacks (gifd, gifd-noball, latent) split it over their stages (equal total compute).
     steps: Count | None = None
+    #: Steps of every stage of the staged attacks, as the paper has them (1000 per stage). It sets
+    #: their budget in place of `steps` (which still sets the other attacks').
+    stage_steps: Count | None = None
     restarts: Count | None = None
     #: Named settings of the attacks that have presets (gifd, latent, gifd-noball, gias): "paper"
     #: (each restart runs its full budget) or "fast" (early stop; GIFD also prunes restarts).
@@ -91,16 +100,25 @@ class AttackPlan(BaseModel):
         return self
 
     def settings_for(self, name: str) -> dict[str, Any]:
-        """Attack `name`'s settings: the shared steps, restarts and preset (for the attacks that
-        have one), then its own attack_settings."""
+        """Attack `name`'s settings: the shared budget, restarts and preset (for the attacks that
+        have one), then its own attack_settings.
+
+        The budget: `stage_steps` for the staged attacks when given, else `steps`; an attack's own
+        `steps` or `stage_steps` in attack_settings replaces both shared ones.
+        """
+        fields = ATTACKS.get(name).Config.model_fields
+        own = self.attack_settings.get(name, {})
         settings: dict[str, Any] = {}
-        if self.steps is not None:
-            settings["steps"] = self.steps
+        if not {"steps", "stage_steps"} & own.keys():
+            if self.stage_steps is not None and "stage_steps" in fields:
+                settings["stage_steps"] = self.stage_steps
+            elif self.steps is not None:
+                settings["steps"] = self.steps
         if self.restarts is not None:
             settings["restarts"] = self.restarts
-        if self.preset is not None and "preset" in ATTACKS.get(name).Config.model_fields:
+        if self.preset is not None and "preset" in fields:
             settings["preset"] = self.preset
-        settings.update(self.attack_settings.get(name, {}))
+        settings.update(own)
         return settings
 
 
@@ -184,7 +202,7 @@ def run_experiment(
 def _run_experiment(
     config: ExperimentConfig, out: str | Path | None, progress: bool, save_update: bool
 ) -> dict[str, Any]:
-    generator = seed_everything(config.seed)
+    seed_everything(config.seed)
     if config.update is not None:
         return _attack_saved_update(config, out, progress)
     device = resolve_device(config.device)
@@ -193,7 +211,7 @@ def _run_experiment(
         check_replaceable(Path(out), "run")
     private = load_images(config.images, config.resolution, config.indices)
     num_classes = config.num_classes or private.num_classes or 10
-    labels = _private_labels(config, private, num_classes, generator)
+    labels = _private_labels(config, private, num_classes)
     victim = create_victim(
         config.victim,
         resolution=config.resolution,
@@ -218,10 +236,17 @@ def _run_experiment(
     batches, reconstructions = [], {name: [] for name in config.attacks}
     #: attack -> stage -> best images after that stage, one tensor per batch (staged attacks only).
     stage_images: dict[str, dict[int, list[torch.Tensor]]] = {}
-    for start in range(0, len(private), config.batch_size):
+    for index, start in enumerate(range(0, len(private), config.batch_size)):
         images = private.images[start : start + config.batch_size]
         batch_labels = labels[start : start + config.batch_size]
-        update, utility = client_update(config, victim, defense, images.to(device), batch_labels, generator)
+        update, utility = client_update(
+            config,
+            victim,
+            defense,
+            images.to(device),
+            batch_labels,
+            derived_generator(config.seed, "client", index, "defense"),
+        )
         batches.append(
             _attack_batch(
                 config,
@@ -230,7 +255,7 @@ def _run_experiment(
                 attacker_defense(config, defense, update, victim),
                 update,
                 (images, batch_labels),
-                generator,
+                index,
                 progress,
                 reconstructions,
                 stage_images,
@@ -258,6 +283,7 @@ def attack_received_update(
     truth: ImageSet | None = None,
     prior: StagedGenerator | None = None,
     progress: bool = True,
+    batch_index: int = 0,
 ) -> dict[str, Any]:
     """Attack an update a server received (e.g. in a Flower round) with the attacks of `config`.
 
@@ -269,8 +295,10 @@ def attack_received_update(
     the run there (all or nothing, the update included as update.pt), so `gifd report` works on it.
 
     The batch size, disclosed labels and local training recorded are the update's own. Randomness
-    comes from a generator seeded with `config.seed`; the global seeds are left alone (a server
-    calling this from a thread keeps its own random sampling).
+    comes from the attacker's streams of batch `batch_index` derived from `config.seed` (the
+    streams `run_experiment` gives that batch, so an update it saved is attacked again with the
+    same random starts); the global seeds are left alone (a server calling this from a thread
+    keeps its own random sampling).
     """
     validate_update(update, victim)
     if update.labels is None:
@@ -285,7 +313,6 @@ def attack_received_update(
     if out is not None:
         check_replaceable(Path(out), "run")
     config = config.model_copy(update=_update_facts(update, config))
-    generator = torch.Generator().manual_seed(config.seed)
     if prior is None and any(ATTACKS.get(name).needs_prior for name in config.attacks):
         prior = create_prior(config.prior, config.prior_weights, victim.device)
     check_attacks_fit(config, prior)
@@ -298,7 +325,7 @@ def attack_received_update(
         None,
         update,
         None if truth is None else (truth.images, truth.labels),
-        generator,
+        batch_index,
         progress,
         reconstructions,
         stage_images,
@@ -388,7 +415,7 @@ def _attack_saved_update(config: ExperimentConfig, out: str | Path | None, progr
         private = load_images(config.images, resolution, config.indices)
         if config.labels is None and private.labels is None:
             raise GifdError(f"{config.images} has no labels: pass --labels of the update's private images")
-        labels = _private_labels(config, private, num_classes, torch.Generator())
+        labels = _private_labels(config, private, num_classes)
         truth = ImageSet(private.images, labels, private.names, num_classes, private.source)
     record = {
         "victim": name,
@@ -457,10 +484,9 @@ def check_attacks_fit(config: AttackPlan, prior: StagedGenerator | None) -> None
         cls(config.settings_for(name), progress=False, **({"prior": prior} if cls.needs_prior else {})).check()
 
 
-def _private_labels(
-    config: ExperimentConfig, private: ImageSet, num_classes: int, generator: torch.Generator
-) -> torch.Tensor:
-    """The client's labels: given, the source's own, or distinct ones drawn from the seed."""
+def _private_labels(config: ExperimentConfig, private: ImageSet, num_classes: int) -> torch.Tensor:
+    """The client's labels: given, the source's own, or distinct ones drawn per batch from the
+    client's stream ("client", batch, "labels")."""
     if config.labels is not None:
         if len(config.labels) != len(private):
             raise GifdError(
@@ -470,11 +496,10 @@ def _private_labels(
     elif private.labels is not None:
         labels = private.labels.clone()
     else:
-        draws = [
-            torch.randperm(num_classes, generator=generator)[: config.batch_size]
-            for _ in range(0, len(private), config.batch_size)
-        ]
-        labels = torch.cat(draws)[: len(private)]
+        batches = range(len(private) // config.batch_size)  # whole batches (checked by the config)
+        streams = [derived_generator(config.seed, "client", index, "labels") for index in batches]
+        draws = [torch.randperm(num_classes, generator=stream)[: config.batch_size] for stream in streams]
+        labels = torch.cat(draws)
     if labels.min() < 0 or labels.max() >= num_classes:
         raise GifdError(
             f"labels {labels.tolist()} do not fit a victim with {num_classes} classes: "
@@ -492,7 +517,8 @@ def client_update(
     generator: torch.Generator,
 ) -> tuple[Update, dict[str, float] | None]:
     """What the client sends for one batch (FedSGD gradient or FedAvg delta, defended), and the
-    defense's utility cost (similarity of the defended update to the clean one)."""
+    defense's utility cost (similarity of the defended update to the clean one). `generator` is
+    the client's own stream for the defense's noise (never one the attacker draws from)."""
     if config.local_steps is None:
         clean = compute_update(victim, images, labels, disclose_labels=config.disclose_labels)
     else:
@@ -532,7 +558,7 @@ def _attack_batch(
     defense: Defense | None,
     update: Update,
     truth: tuple[torch.Tensor, torch.Tensor] | None,
-    generator: torch.Generator,
+    batch_index: int,
     progress: bool,
     reconstructions: dict[str, list[torch.Tensor]],
     stage_images: dict[str, dict[int, list[torch.Tensor]]],
@@ -540,12 +566,14 @@ def _attack_batch(
     """Infer labels, run every attack on one update, and score each against the private batch.
 
     `truth` is the private (images, labels); without it nothing is scored and the reconstructions
-    stay in the attack's own order.
+    stay in the attack's own order. Label inference and each attack draw from their own attacker
+    streams of batch `batch_index`.
     """
     if update.labels is not None:
         inferred = update.labels.sort().values
     else:
-        inferred = infer_labels(update, victim, config.label_inference, generator=generator)
+        stream = derived_generator(config.seed, "attacker", batch_index, "label-inference")
+        inferred = infer_labels(update, victim, config.label_inference, generator=stream)
     target = Target(victim=victim, update=update, labels=inferred, defense=defense)
     batch: dict[str, Any] = {"inferred_labels": inferred.tolist(), "attacks": {}}
     if truth is not None:
@@ -555,7 +583,8 @@ def _attack_batch(
         cls = ATTACKS.get(name)
         extra = {"prior": prior} if cls.needs_prior else {}
         attack = cls(config.settings_for(name), progress=progress, **extra)
-        result: AttackResult = attack.run(target, generator)
+        stream = derived_generator(config.seed, "attacker", batch_index, "attack", name)
+        result: AttackResult = attack.run(target, stream)
         batch["attacks"][name] = result.summary()
         order = torch.arange(result.images.shape[0])
         if truth is not None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from gifd.attacks.base import (
@@ -96,13 +96,15 @@ class GenerativeConfig(AttackConfig):
 
 class GIFDConfig(GenerativeConfig):
     """GIFD's settings. `steps` is the total budget per restart, split evenly over the stages run
-    (the first stages get the remainder) unless `stage_steps` gives each stage its own."""
+    (the first stages get the remainder: equal total compute) unless `stage_steps` gives each
+    stage its own: one count for every stage (the paper: 1000) or a list, one per stage run.
+    Giving both is an error."""
 
     steps: Count = 13000
     #: First and last stage to run (inclusive); None = the prior's last stage.
     stage_start: Index = 0
     stage_end: Index | None = None
-    stage_steps: list[Count] | None = None
+    stage_steps: Count | list[Count] | None = None
     #: l1 radius per stage (None = the prior's defaults; inf: no ball in that stage); `ball: false`
     #: disables the projection.
     radii: list[Annotated[float, Field(ge=0)]] | None = None
@@ -123,6 +125,30 @@ class GIFDConfig(GenerativeConfig):
         "paper": {"batched": True, "halving": False, "rung": False, "early_stop": False},
         "fast": {"batched": True, "halving": True, "rung": True, "early_stop": True},
     }
+
+    @field_validator("stage_steps", mode="before")
+    @classmethod
+    def _stage_counts(cls, value: Any) -> Any:
+        """One line naming the bad value (pydantic's own error for the int-or-list union names a
+        branch of the union, not the setting)."""
+        counts = value if isinstance(value, list) else [] if value is None else [value]
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in counts):
+            raise GifdError(
+                f"stage_steps {value!r} is invalid: give a step count >= 1 for every stage, or a list "
+                "of counts, one per stage run"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> GIFDConfig:
+        """`steps` (a total split over the stages) and `stage_steps` (each stage's own) exclude
+        each other: with both, which one holds would be a guess."""
+        if self.stage_steps is not None and "steps" in self.model_fields_set:
+            raise GifdError(
+                "steps and stage_steps both set the budget: give steps (a total split over the stages) "
+                "or stage_steps (each stage's own), not both"
+            )
+        return self
 
 
 #: GIFD's named settings (see GIFDConfig.PRESETS).
@@ -333,7 +359,11 @@ class GIFD(GenerativeAttack):
         return list(range(cfg.stage_start, end + 1))
 
     def stage_budget(self, stages: list[int]) -> list[int]:
+        """Steps of each of `stages`: `stage_steps` (one count for all, or one per stage), else
+        `steps` split evenly (the first stages get the remainder)."""
         cfg = self.config
+        if isinstance(cfg.stage_steps, int):
+            return [cfg.stage_steps] * len(stages)
         if cfg.stage_steps is not None:
             if len(cfg.stage_steps) != len(stages):
                 raise GifdError(f"{self.name}: {len(cfg.stage_steps)} stage_steps for {len(stages)} stages")

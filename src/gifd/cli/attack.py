@@ -75,7 +75,18 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
         help="generative prior of the GAN-based attacks (see `gifd priors`; default digiface-dcgan64)",
     )
     add("--prior-weights", help="weights of the prior (a path; needed for biggan-*, stylegan2, dcgan)")
-    add("--steps", type=int, help="total step budget per restart of every attack")
+    add(
+        "--steps",
+        type=int,
+        help="total step budget per restart of every attack; gifd, gifd-noball and latent split it over "
+        "their stages (equal total compute)",
+    )
+    add(
+        "--stage-steps",
+        type=int,
+        help="steps of every stage of gifd, gifd-noball and latent, as in the paper (1000); replaces --steps "
+        "for them (--steps still sets the other attacks' budget)",
+    )
     add("--restarts", type=int, help="restarts per attack")
     add(
         "--preset",
