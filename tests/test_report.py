@@ -24,7 +24,8 @@ from PIL import Image
 from gifd.cli import main
 from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, run_experiment
-from gifd.report import MIN_IMAGE_SIDE, REPORT_NAME, _Run, _stage_boundaries, stage_image_name, write_report
+from gifd.report import MIN_IMAGE_SIDE, REPORT_NAME, RunView, stage_image_name, write_report
+from gifd.report.plots import stage_boundaries
 
 ATTACKS = ["ig", "gi"]
 RESOLUTION = 32
@@ -271,7 +272,7 @@ def test_a_failed_rebuild_keeps_the_previous_report(run_copy: Path, monkeypatch:
     def broken(*args: object) -> str:
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr(gifd.report, "_curves_section", broken)
+    monkeypatch.setattr(gifd.report, "curves_section", broken)
     with pytest.raises(RuntimeError):
         write_report(run_copy)
     assert (run_copy / REPORT_NAME).read_bytes() == previous
@@ -364,15 +365,15 @@ def test_unstaged_run_has_no_progression_section(report) -> None:
 
 def test_stage_boundaries_recorded_given_or_estimated(run_copy: Path) -> None:
     results = _add_stages(run_copy, [[0.5, 0.2, 0.3], [0.4, 0.3, 0.1]])
-    assert _stage_boundaries(_Run(results, run_copy), "ig") == ([1.0, 2.0], False)
+    assert stage_boundaries(RunView(results, run_copy), "ig") == ([1.0, 2.0], False)
     results = _add_stages(run_copy, [[0.5, 0.2, 0.3], [0.4, 0.3, 0.1]], end_steps=False)
     for batch in results["batches"]:
         batch["attacks"]["ig"]["steps"] = 10
     # GIFD's default split of 10 steps over 3 stages is 4, 3, 3
-    assert _stage_boundaries(_Run(results, run_copy), "ig") == ([4.0, 7.0], True)
+    assert stage_boundaries(RunView(results, run_copy), "ig") == ([4.0, 7.0], True)
     results["config"]["attack_settings"] = {"ig": {"stage_steps": [2, 2, 6]}}
-    assert _stage_boundaries(_Run(results, run_copy), "ig") == ([2.0, 4.0], False)
-    assert _stage_boundaries(_Run(results, run_copy), "gi") == ([], False)
+    assert stage_boundaries(RunView(results, run_copy), "ig") == ([2.0, 4.0], False)
+    assert stage_boundaries(RunView(results, run_copy), "gi") == ([], False)
 
 
 def test_defense_is_shown_when_the_config_has_one(run_copy: Path) -> None:

@@ -21,6 +21,8 @@ from gifd.imageio import write_atomically
 
 #: The marker's file name inside a directory gifd wrote.
 MARKER = "gifd-run.json"
+#: File name of the HTML report inside a run directory (written by gifd.report).
+REPORT_NAME = "report.html"
 #: Format name and version of the marker (and of the directory layout it describes).
 FORMAT = "gifd-run"
 VERSION = 1
