@@ -24,8 +24,17 @@ from PIL import Image
 from gifd.cli import main
 from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, run_experiment
-from gifd.report import MIN_IMAGE_SIDE, REPORT_NAME, RunView, stage_image_name, write_report
+from gifd.report import (
+    MIN_IMAGE_SIDE,
+    REPORT_NAME,
+    RunView,
+    load_results,
+    render_report,
+    stage_image_name,
+    write_report,
+)
 from gifd.report.plots import stage_boundaries
+from gifd.results import RESULTS_VERSION
 
 ATTACKS = ["ig", "gi"]
 RESOLUTION = 32
@@ -431,3 +440,29 @@ def test_chromium_renders_the_report(report, tmp_path: Path) -> None:
     picture = np.asarray(Image.open(screenshot).convert("RGB"), dtype=np.float32)
     assert picture.shape == (1400, 1000, 3)
     assert picture.std() > 10  # text, tables and images were painted, not a blank page
+
+
+def test_results_json_is_typed_and_versioned(run_copy: Path) -> None:
+    path = run_copy / "results.json"
+    results = json.loads(path.read_text())
+    typed = load_results(run_copy)
+    assert typed.version == RESULTS_VERSION and typed.attacks["ig"].steps == results["attacks"]["ig"]["steps"]
+    history = results["batches"][0]["attacks"]["gi"]["loss_history"]
+    assert typed.batches[0].attacks["gi"].loss_history.steps == history["steps"] and history["steps"]
+    # Version 1 (before `version`, settings and pruned were recorded) still loads.
+    old = json.loads(path.read_text())
+    del old["version"]
+    for batch in old["batches"]:
+        for record in batch["attacks"].values():
+            del record["settings"], record["pruned"]
+    path.write_text(json.dumps(old))
+    assert load_results(run_copy).version == 1
+    assert "<table" in render_report(load_results(run_copy), run_copy)
+    # A newer version, or a key this gifd does not know, is one line naming the fix or the key.
+    path.write_text(json.dumps({**results, "version": RESULTS_VERSION + 1}))
+    with pytest.raises(GifdError, match="newer than this gifd reads .*upgrade gifd"):
+        load_results(run_copy)
+    results["batches"][0]["attacks"]["ig"]["surprise"] = 1
+    path.write_text(json.dumps(results))
+    with pytest.raises(GifdError, match=r"batches\.0\.attacks\.ig\.surprise"):
+        load_results(run_copy)

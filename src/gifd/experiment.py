@@ -46,6 +46,7 @@ from gifd.fedavg import LocalTraining, compute_fedavg_update
 from gifd.imageio import save_grid, save_image
 from gifd.metrics import evaluate, label_accuracy
 from gifd.priors import PRIORS, StagedGenerator, create_prior
+from gifd.results import RESULTS_VERSION, validate_results
 from gifd.rundir import check_replaceable, files_below, stage_image_name, write_marker
 from gifd.victims import Victim, create_victim, normalization_name
 
@@ -268,6 +269,7 @@ def _run_experiment(
     )
     results["true_labels"] = labels.tolist()
     results["label_accuracy"] = float(np.mean([b["label_accuracy"] for b in batches]))
+    validate_results(results, "the run's results")  # the writer keeps to the format its readers read
     if out is not None:
         joined = _joined(reconstructions, stage_images, len(batches))
         write_run(Path(out), results, private.images, *joined, update=shared if save_update else None)
@@ -334,6 +336,7 @@ def attack_received_update(
     if truth is not None:
         results["true_labels"] = batch["true_labels"]
         results["label_accuracy"] = batch["label_accuracy"]
+    validate_results(results, "the run's results")
     if out is not None:
         originals = None if truth is None else truth.images
         write_run(Path(out), results, originals, *_joined(reconstructions, stage_images, 1), update=update)
@@ -443,6 +446,7 @@ def _results(
 ) -> dict[str, Any]:
     """The results dict of a run: config, provenance, per-batch and per-attack results."""
     return {
+        "version": RESULTS_VERSION,
         "config": config.model_dump(mode="json"),
         "seed": config.seed,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -47,6 +47,7 @@ from gifd.fedavg import LocalTraining
 from gifd.imageio import write_atomically
 from gifd.priors import StagedGenerator, create_prior
 from gifd.report import write_audit_report, write_report
+from gifd.results import RESULTS_NAME, validate_results
 from gifd.rundir import read_marker, write_marker
 from gifd.victims import (
     Victim,
@@ -351,13 +352,14 @@ class FlowerAudit:
             )
             write_report(run_dir)
             fields["run"] = str(run_dir.relative_to(self.out))
-            fields["inferred_labels"] = results["inferred_labels"]
+            typed = validate_results(results, str(run_dir / RESULTS_NAME))
+            fields["inferred_labels"] = typed.inferred_labels
             if truth is not None:
-                fields["true_labels"] = results["true_labels"]
-                fields["label_accuracy"] = results["label_accuracy"]
+                fields["true_labels"] = typed.true_labels
+                fields["label_accuracy"] = typed.label_accuracy
             fields["attacks"] = {
-                name: {k: v for k, v in summary.items() if k != "per_image"}
-                for name, summary in results["attacks"].items()
+                name: totals.model_dump(exclude={"per_image"}, exclude_unset=True)
+                for name, totals in typed.attacks.items()
             }
             self._finish(record, "attacked", fields=fields, report=True)
         except GifdError as exc:

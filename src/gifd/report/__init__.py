@@ -25,6 +25,7 @@ from gifd.report.html import MIN_IMAGE_SIDE, html_page
 from gifd.report.plots import curves_section
 from gifd.report.sections import footer_section, grid_section, header_section, metrics_section, stages_section
 from gifd.report.view import RunView, load_results
+from gifd.results import RunResults
 from gifd.rundir import REPORT_NAME, record_files, stage_image_name
 
 __all__ = [
@@ -50,7 +51,7 @@ def write_report(run_dir: str | Path) -> Path:
     return path
 
 
-def render_report(results: dict[str, Any], run_dir: str | Path) -> str:
+def render_report(results: RunResults | dict[str, Any], run_dir: str | Path) -> str:
     """The report's HTML text; PNGs are read from `run_dir` (missing ones become placeholders)."""
     run = RunView(results, Path(run_dir))
     sections = [

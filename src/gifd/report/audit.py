@@ -89,7 +89,7 @@ def render_audit_report(audit: dict[str, Any], audit_dir: str | Path) -> str:
     for c in clients:
         if not c.get("run"):
             continue
-        run = RunView({}, audit_dir / c["run"])
+        run = RunView(None, audit_dir / c["run"])
         parts = [("private images", "originals.png")] * (run.png("originals.png") is not None)
         parts += [(a, f"{a}.png") for a in attacks]
         cells = "".join(

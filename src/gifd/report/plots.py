@@ -40,13 +40,14 @@ def _loss_plot(run: RunView, attack: str) -> tuple[str | None, str]:
 
     per_batch = run.per_batch(attack)
     curves = []  # (batch, restart, steps, losses, kept)
-    for b, summary in enumerate(per_batch):
-        history = summary.get("loss_history") or {}
-        steps = list(history.get("steps") or [])
-        for r, losses in enumerate(history.get("losses") or []):
+    for b, record in enumerate(per_batch):
+        if record is None:
+            continue
+        steps = record.loss_history.steps
+        for r, losses in enumerate(record.loss_history.losses):
             n = min(len(steps), len(losses))
             if n:
-                curves.append((b, r, steps[:n], losses[:n], r == summary.get("best_restart")))
+                curves.append((b, r, steps[:n], losses[:n], r == record.best_restart))
     if not curves:
         return None, ""
     figure = Figure(figsize=(5.3, 3.4), dpi=100, layout="constrained")
@@ -106,21 +107,21 @@ def stage_boundaries(run: RunView, attack: str) -> tuple[list[float], bool]:
     attack's `stage_steps` setting; else GIFD's documented default, an even split of the budget
     over the stages (the first stages get the remainder), flagged as estimated.
     """
-    summary = next((s for s in run.per_batch(attack) if s.get("stages")), None)
-    if summary is None:
+    record = next((r for r in run.per_batch(attack) if r is not None and r.stages), None)
+    if record is None:
         return [], False
-    stages = summary["stages"]
+    stages = record.stages
     if len(stages) < 2:
         return [], False
-    if all(isinstance(s.get("end_step"), int | float) for s in stages):
-        return [float(s["end_step"]) for s in stages[:-1]], False
-    if all(isinstance(s.get("steps"), int | float) for s in stages):
-        return list(np.cumsum([float(s["steps"]) for s in stages])[:-1]), False
+    if all(s.end_step is not None for s in stages):
+        return [float(s.end_step) for s in stages[:-1]], False  # type: ignore[arg-type]
+    if all(s.steps is not None for s in stages):
+        return list(np.cumsum([float(s.steps) for s in stages])[:-1]), False  # type: ignore[arg-type]
     settings = (run.config.get("attack_settings") or {}).get(attack) or {}
     stage_steps = settings.get("stage_steps")
     if isinstance(stage_steps, list) and len(stage_steps) == len(stages):
         return list(np.cumsum([float(s) for s in stage_steps])[:-1]), False
-    total = summary.get("steps")
+    total = record.steps
     if not isinstance(total, int) or total < len(stages):
         return [], False
     base, extra = divmod(total, len(stages))

@@ -21,6 +21,7 @@ from gifd.report.html import (
     now_text,
 )
 from gifd.report.view import RunView
+from gifd.results import RESULTS_NAME
 from gifd.rundir import stage_image_name
 
 #: How each label-inference rule works, in words (see gifd.attacks.labels).
@@ -33,8 +34,8 @@ LABEL_RULE_WORDS = {
 
 def header_section(run: RunView) -> str:
     config = run.config
-    images = run.results.get("images") or {}
-    source = images.get("source") or config.get("images", "?")
+    images = run.results.images if run.results else None
+    source = images.source if images else config.get("images", "?")
     indices = config.get("indices")
     weights = config.get("victim_weights")
     victim_weights = (
@@ -108,11 +109,11 @@ def _defense(config: dict[str, Any]) -> str:
 def _label_line(run: RunView) -> str:
     if not run.has_truth:
         return f"inferred {escape(list_text(sorted(run.inferred_labels)))} (the private labels are unknown to this audit)"
-    accuracy = run.results.get("label_accuracy")
+    accuracy = run.results.label_accuracy if run.results else None
     head = "n/a" if accuracy is None else f"<b>{100 * float(accuracy):.0f}%</b> of true labels recovered"
     pairs = []
     for i, batch in enumerate(run.batches):
-        inferred, true = batch.get("inferred_labels", []), batch.get("true_labels", [])
+        inferred, true = batch.inferred_labels, batch.true_labels or []
         wrong = sorted(set(true) - set(inferred)) if set(true) != set(inferred) else []
         mark = f' <span class="bad">(missed {escape(list_text(wrong))})</span>' if wrong else ""
         label = f"batch {i}: " if len(run.batches) > 1 else ""
@@ -126,7 +127,7 @@ def metrics_section(run: RunView) -> str:
     columns = [(k, *metric_column(k)) for k in keys]
     columns += [("seconds", "seconds ↓", False, "{:.1f}"), ("steps", "steps", None, "{:d}")]
     header = "<tr><th>attack</th>" + "".join(f"<th>{escape(h)}</th>" for _, h, _, _ in columns) + "</tr>"
-    values = {a: {k: metric_value(run.summary(a), k) for k, *_ in columns} for a in run.attacks}
+    values = {a: {k: metric_value(run.means(a), k) for k, *_ in columns} for a in run.attacks}
     best = {k: best_values([values[a][k] for a in run.attacks], higher) for k, _, higher, _ in columns}
     rows = []
     for attack in run.attacks:
@@ -173,7 +174,7 @@ def _per_image_table(run: RunView, keys: list[str]) -> str:
     rows = []
     for i in range(run.count):
         values = {
-            a: {k: metric_value(run.summary(a).get("per_image") or {}, k, i) for k in keys} for a in run.attacks
+            a: {k: metric_value(run.per_image(a), k, i) for k in keys} for a in run.attacks
         }
         best = {k: best_values([values[a][k] for a in run.attacks], metric_column(k)[1]) for k in keys}
         for j, attack in enumerate(run.attacks):
@@ -214,7 +215,7 @@ def grid_section(run: RunView) -> str:
     )
     rows = [f'<tr><th class="row">original</th>{originals}</tr>'] if run.has_truth else []
     for attack in run.attacks:
-        psnr = (run.summary(attack).get("per_image") or {}).get("psnr")
+        psnr = run.per_image(attack).get("psnr")
         cells = []
         for i in range(run.count):
             value = metric_value({"psnr": psnr}, "psnr", i)
@@ -258,9 +259,9 @@ def stages_section(run: RunView) -> str:
 def _stage_table(run: RunView, attack: str) -> str:
     per_batch = run.per_batch(attack)
     stage_columns: list[tuple[int, str]] = []
-    for summary in per_batch:
-        for stage in summary.get("stages") or []:
-            key = (int(stage.get("stage", len(stage_columns))), str(stage.get("name", "")))
+    for record in per_batch:
+        for stage in record.stages if record else []:
+            key = (stage.stage, stage.name)
             if key not in stage_columns:
                 stage_columns.append(key)
     have_images = any(
@@ -275,11 +276,8 @@ def _stage_table(run: RunView, attack: str) -> str:
     rows = []
     for i in range(run.count):
         b = i // run.batch_size
-        stages = {
-            int(s.get("stage", -1)): s
-            for s in (per_batch[b] if b < len(per_batch) else {}).get("stages") or []
-        }
-        losses = {s: as_number(v.get("gradient_loss")) for s, v in stages.items()}
+        record = per_batch[b] if b < len(per_batch) else None
+        losses = {s.stage: as_number(s.gradient_loss) for s in (record.stages if record else [])}
         finite = [v for v in losses.values() if v is not None]
         chosen = min(finite) if finite else None
         cells = [f"<th>{i}: {escape(run.names[i])}</th>"]
@@ -316,11 +314,12 @@ def _stage_table(run: RunView, attack: str) -> str:
 
 def footer_section(run: RunView) -> str:
     results = run.results
-    versions = results.get("versions") or {}
+    assert results is not None  # a run's report is rendered from its results
+    versions = results.versions
     version_rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in versions.items())
     facts = (
-        f"<tr><th>seed</th><td>{escape(results.get('seed', run.config.get('seed', '?')))}</td></tr>"
-        f"<tr><th>device</th><td>{escape(results.get('device', '?'))}</td></tr>"
+        f"<tr><th>seed</th><td>{escape(results.seed)}</td></tr>"
+        f"<tr><th>device</th><td>{escape(results.device)}</td></tr>"
         f"<tr><th>run date</th><td>{escape(_run_date(run))}</td></tr>"
         f"<tr><th>report built</th><td>{escape(now_text())}</td></tr>"
     )
@@ -335,14 +334,14 @@ def footer_section(run: RunView) -> str:
 
 def _run_date(run: RunView) -> str:
     """When the run was made: results' `date` if recorded, else results.json's modification time."""
-    date = run.results.get("date")
+    date = run.results.date if run.results else None
     if date:
         try:
             return dt.datetime.fromisoformat(str(date)).strftime("%Y-%m-%d %H:%M:%S %Z").strip()
         except ValueError:
             return str(date)
     try:
-        stamp = (run.dir / "results.json").stat().st_mtime
+        stamp = (run.dir / RESULTS_NAME).stat().st_mtime
     except OSError:
         return "unknown date"
     return dt.datetime.fromtimestamp(stamp).astimezone().strftime("%Y-%m-%d %H:%M %Z")

@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from gifd.errors import GifdError
 from gifd.metrics.info import METRIC_INFO
+from gifd.results import (
+    RESULTS_NAME,
+    AttackRecord,
+    AttackTotals,
+    BatchRecord,
+    RunResults,
+    read_results,
+    validate_results,
+)
 from gifd.rundir import read_marker
 
 
 class RunView:
-    """A results dict with the lookups the report needs (tolerant of missing optional keys)."""
+    """A run's typed results (`gifd.results.RunResults`) and its directory, with the lookups the
+    report needs. `results` None: a directory read for its images alone (a Flower audit's runs)."""
 
-    def __init__(self, results: dict[str, Any], run_dir: Path):
+    def __init__(self, results: RunResults | dict[str, Any] | None, run_dir: Path):
+        if isinstance(results, dict):
+            results = validate_results(results, str(run_dir / RESULTS_NAME))
         self.results = results
         self.dir = run_dir
-        self.config: dict[str, Any] = results.get("config") or {}
-        self.attacks: list[str] = list(results.get("attacks") or {})
-        self.batches: list[dict[str, Any]] = list(results.get("batches") or [])
-        self.true_labels: list[int] = list(results.get("true_labels") or [])
-        self.inferred_labels: list[int] = list(results.get("inferred_labels") or [])
-        names = (results.get("images") or {}).get("names") or []
+        self.config: dict[str, Any] = results.config if results else {}
+        self.attacks: list[str] = list(results.attacks) if results else []
+        self.batches: list[BatchRecord] = list(results.batches) if results else []
+        self.true_labels: list[int] = list(results.true_labels or []) if results else []
+        self.inferred_labels: list[int] = list(results.inferred_labels) if results else []
+        names = results.images.names if results and results.images else []
         #: False for an audit of a received update: no private images, no true labels, no metrics.
-        self.has_truth = bool(results.get("images")) or self._count_pngs("original") > 0
+        self.has_truth = bool(results and results.images) or self._count_pngs("original") > 0
         reconstructed = max((self._count_pngs(a) for a in self.attacks), default=0)
         self.count = max(len(self.true_labels), len(names), self._count_pngs("original"), reconstructed)
         self.names = [names[i] if i < len(names) else f"image {i}" for i in range(self.count)]
@@ -34,18 +45,37 @@ class RunView:
         """How many images/<prefix>_NNN.png the run holds (stage images have another pattern)."""
         return len(list((self.dir / "images").glob(f"{prefix}_[0-9][0-9][0-9].png")))
 
-    def summary(self, attack: str) -> dict[str, Any]:
-        return (self.results.get("attacks") or {}).get(attack) or {}
+    def totals(self, attack: str) -> AttackTotals | None:
+        """The attack's results over all batches."""
+        return self.results.attacks.get(attack) if self.results else None
 
-    def per_batch(self, attack: str) -> list[dict[str, Any]]:
-        """The attack's summary in every batch (empty dicts where it is missing)."""
-        return [(b.get("attacks") or {}).get(attack) or {} for b in self.batches]
+    def means(self, attack: str) -> dict[str, float | None]:
+        """The attack's recorded mean metrics (a recorded None PSNR is an exact reconstruction),
+        seconds and steps, by key."""
+        totals = self.totals(attack)
+        if totals is None:
+            return {}
+        recorded = [key for key in METRIC_INFO if key in totals.model_fields_set]
+        return {
+            **{key: totals.metric(key) for key in recorded},
+            "seconds": totals.seconds,
+            "steps": totals.steps,
+        }
+
+    def per_image(self, attack: str) -> dict[str, list[float | None]]:
+        """The attack's per-image metric values, by metric."""
+        totals = self.totals(attack)
+        return totals.per_image if totals else {}
+
+    def per_batch(self, attack: str) -> list[AttackRecord | None]:
+        """The attack's record in every batch (None where it is missing)."""
+        return [batch.attacks.get(attack) for batch in self.batches]
 
     def metric_keys(self) -> list[str]:
         """Metrics present for any attack: the known ones in display order, then any others."""
         present: list[str] = []
         for attack in self.attacks:
-            for key in self.summary(attack).get("per_image") or {}:
+            for key in self.per_image(attack):
                 if key not in present:
                     present.append(key)
         return [k for k in METRIC_INFO if k in present] + [k for k in present if k not in METRIC_INFO]
@@ -54,24 +84,24 @@ class RunView:
         """The evaluation's notes (omitted metrics, caveats), each once."""
         seen: list[str] = []
         for batch in self.batches:
-            for run in (batch.get("attacks") or {}).values():
-                for note in (run.get("metrics") or {}).get("notes") or []:
+            for record in batch.attacks.values():
+                for note in record.metrics.notes if record.metrics else []:
                     if note not in seen:
                         seen.append(note)
         return seen
 
     def staged(self, attack: str) -> bool:
-        return any(run.get("stages") for run in self.per_batch(attack))
+        return any(record is not None and record.stages for record in self.per_batch(attack))
 
     def png(self, relative: str) -> Path | None:
         path = self.dir / relative
         return path if path.is_file() else None
 
 
-def load_results(run_dir: str | Path) -> dict[str, Any]:
-    """The parsed results.json of `run_dir`, checked to be a gifd run (GifdError naming the fix)."""
+def load_results(run_dir: str | Path) -> RunResults:
+    """The typed results.json of `run_dir`, checked to be a gifd run (GifdError naming the fix)."""
     run_dir = Path(run_dir)
-    path = run_dir / "results.json"
+    path = run_dir / RESULTS_NAME
     if run_dir.is_file():
         raise GifdError(f"{run_dir} is a file, not a run directory: pass the --out directory of a `gifd attack` run")
     if not run_dir.is_dir():
@@ -93,18 +123,4 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
         raise GifdError(
             f"no results.json in {run_dir}: pass the --out directory of a finished `gifd attack` run"
         )
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GifdError(
-            f"cannot read {path}: {exc}: rerun `gifd attack --out {run_dir}` to rewrite it"
-        ) from None
-    missing = [
-        key for key in ("config", "attacks", "batches") if not isinstance(results, dict) or key not in results
-    ]
-    if missing:
-        raise GifdError(
-            f"{path} is not a gifd results file (missing {', '.join(missing)}): "
-            "pass the --out directory of a `gifd attack` run"
-        )
-    return results
+    return read_results(path, run_dir)
