@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gifd.attacks import ATTACKS, GradientMatcher, Target
-from gifd.attacks.gifd import GIFD, lr_factor
+from gifd.attacks.generative import lr_factor
+from gifd.attacks.gifd import GIFD
 from gifd.client import compute_update
 from gifd.errors import GifdError
 from gifd.priors import create_prior

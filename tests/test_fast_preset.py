@@ -10,8 +10,9 @@ import torch
 
 from gifd.attacks import ATTACKS, Target
 from gifd.attacks.base import Pruning
+from gifd.attacks.generative import Plateau
 from gifd.attacks.gias import GIASConfig
-from gifd.attacks.gifd import Plateau, halving_survivors
+from gifd.attacks.gifd import halving_survivors
 from gifd.cli import build_parser
 from gifd.cli.attack import config_from_args
 from gifd.client import compute_update

@@ -84,16 +84,15 @@ from gifd.attacks.base import (
     register_attack,
     to_victim_images,
 )
-from gifd.attacks.gifd import (
-    GIFD,
+from gifd.attacks.generative import (
     GenerativeAttack,
     GenerativeConfig,
-    GIFDConfig,
     Plateau,
     StageRun,
     lr_factor,
     record_and_check,
 )
+from gifd.attacks.gifd import GIFD, GIFDConfig
 from gifd.errors import GifdError
 from gifd.priors.base import Context, StagedGenerator, Variables
 
