@@ -38,7 +38,17 @@ defense on an Update: aimed at the victim, applied, its utility cost).
 
 from __future__ import annotations
 
-from gifd.defenses.base import DEFENSES, ClientContext, Compose, Defense, NoDefense, Tensors, register_defense
+from gifd.defenses.base import (
+    DEFENSES,
+    ClientContext,
+    Compose,
+    Defense,
+    NoDefense,
+    ReproducibleDefense,
+    Tensors,
+    register_defense,
+    require_context,
+)
 
 # The built-in defenses, imported (so registered) in the order help texts list them: keep it.
 # isort: off
@@ -64,6 +74,7 @@ __all__ = [
     "NoDefense",
     "NoiseDefense",
     "PruneDefense",
+    "ReproducibleDefense",
     "SoteriaDefense",
     "Tensors",
     "aimed_at",
@@ -81,6 +92,7 @@ __all__ = [
     "per_example_gradients",
     "prune_count",
     "register_defense",
+    "require_context",
     "soteria_mask",
     "soteria_scores",
     "utility_cost",

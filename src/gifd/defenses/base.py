@@ -13,8 +13,9 @@ A defense is one dataclass subclassing `Defense`, registered by its spec name:
         def adapt(self, dummy, shared, names): ...
         def describe(self) -> str: ...
 
-`parse_defense("round:2")` then builds it, `spec()` writes it back, and the error messages and
-help texts list its form (`round:DIGITS`).
+`parse_defense("round:2")` then builds it, `spec()` and `parameters()` read its fields back, and
+the error messages and help texts list its form (`round:DIGITS`). A defense the attacker can
+reproduce exactly (clip, prune) subclasses `ReproducibleDefense` and writes one `transform`.
 """
 
 from __future__ import annotations
@@ -130,8 +131,9 @@ class Defense:
         return self
 
     def parameters(self) -> dict[str, float]:
-        """The defense's numbers by name (for results files and sweep plots)."""
-        return {}
+        """The defense's numbers by name (for results files and sweep plots): the spec's numbers,
+        the first `len(arguments)` fields (the first is the `strength`)."""
+        return self._argument_values()
 
     @property
     def strength(self) -> float | None:
@@ -146,9 +148,13 @@ class Defense:
     def spec(self) -> str:
         """The CLI form, which `parse_defense` turns back into an equal defense: the name and the
         first `len(arguments)` fields."""
-        fields = dataclasses.fields(self)[: len(self.arguments)]  # type: ignore[arg-type]
-        numbers = ",".join(spec_number(getattr(self, f.name)) for f in fields)
+        numbers = ",".join(spec_number(value) for value in self._argument_values().values())
         return f"{self.name}:{numbers}" if numbers else self.name
+
+    def _argument_values(self) -> dict[str, float]:
+        """The first `len(arguments)` dataclass fields by name: the spec's numbers, in order."""
+        fields = dataclasses.fields(self)[: len(self.arguments)]  # type: ignore[arg-type]
+        return {f.name: getattr(self, f.name) for f in fields}
 
     def describe(self) -> str:
         """One sentence for reports."""
@@ -160,6 +166,32 @@ class Defense:
 
     def __str__(self) -> str:
         return self.spec()
+
+
+class ReproducibleDefense(Defense):
+    """A defense the attacker can reproduce exactly: the client's `apply` and the attacker's
+    `adapt` are one `transform` of the update's tensors (without, then with, gradients)."""
+
+    def transform(self, values: list[Tensor]) -> list[Tensor]:
+        """The defended tensors, in the order given (differentiable, for the attacker's copy)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def apply(self, tensors: Tensors, generator=None, context=None) -> Tensors:  # type: ignore[override]
+        values, names = as_list(tensors)
+        return same_form(self.transform(values), names)
+
+    def adapt(self, dummy: list[Tensor], shared: list[Tensor], names: list[str]) -> list[Tensor]:
+        return self.transform(list(dummy))
+
+
+def require_context(context: ClientContext | None, defense: str) -> ClientContext:
+    """`context`, which a defense computed from the private batch cannot do without."""
+    if context is None:
+        raise GifdError(
+            f"the {defense} defense needs the client's batch: pass context=ClientContext(victim, images, labels)"
+        )
+    return context
 
 
 #: Spec name -> defense class, in registration order (the order help texts list them in).
@@ -174,14 +206,13 @@ def register_defense(cls: type[Defense]) -> type[Defense]:
 
 @register_defense
 @dataclass(frozen=True)
-class NoDefense(Defense):
+class NoDefense(ReproducibleDefense):
     """The update is sent unchanged."""
 
     name: ClassVar[str] = "none"
 
-    def apply(self, tensors: Tensors, generator=None, context=None) -> Tensors:  # type: ignore[override]
-        values, names = as_list(tensors)
-        return same_form(values, names)
+    def transform(self, values: list[Tensor]) -> list[Tensor]:
+        return list(values)
 
     def describe(self) -> str:
         return "no defense: the update is sent unchanged"

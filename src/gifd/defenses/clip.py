@@ -11,7 +11,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from gifd.defenses.base import Defense, Tensors, as_list, register_defense, same_form, spec_number
+from gifd.defenses.base import (
+    Defense,
+    ReproducibleDefense,
+    register_defense,
+    spec_number,
+)
 from gifd.errors import GifdError
 
 #: Added to norms before dividing, as in the clipping of GGL and of DP-SGD implementations.
@@ -39,7 +44,7 @@ def clip_scale(norms: Tensor, bound: float, dtype: torch.dtype) -> Tensor:
 
 @register_defense
 @dataclass(frozen=True)
-class ClipDefense(Defense):
+class ClipDefense(ReproducibleDefense):
     """Scale the whole update by min(1, bound / (norm + 1e-6)), the norm taken over all tensors."""
 
     bound: float
@@ -50,19 +55,12 @@ class ClipDefense(Defense):
         if not (self.bound > 0) or math.isinf(self.bound):
             raise GifdError(f"clip bound must be a finite number > 0 (e.g. clip:4), got {self.bound:g}")
 
-    def _clip(self, values: list[Tensor]) -> list[Tensor]:
+    def transform(self, values: list[Tensor]) -> list[Tensor]:
+        """The clipped tensors; the attacker clips its dummy update the same way (a cosine
+        distance ignores it)."""
         coarsest = max((t.dtype for t in values), key=lambda d: torch.finfo(d).eps)
         scale = clip_scale(global_norm(values), self.bound, coarsest)
         return [t * scale for t in values]
-
-    @torch.no_grad()
-    def apply(self, tensors: Tensors, generator=None, context=None) -> Tensors:  # type: ignore[override]
-        values, names = as_list(tensors)
-        return same_form(self._clip(values), names)
-
-    def adapt(self, dummy: list[Tensor], shared: list[Tensor], names: list[str]) -> list[Tensor]:
-        """The same clipping of the dummy update (differentiable). A cosine distance ignores it."""
-        return self._clip(list(dummy))
 
     @classmethod
     def estimate(cls, shared: Sequence[Tensor], names: Sequence[str] | None = None) -> ClipDefense:
@@ -74,9 +72,6 @@ class ClipDefense(Defense):
 
     def estimated(self, shared: Sequence[Tensor], names: Sequence[str]) -> Defense:
         return self.estimate(shared, names)
-
-    def parameters(self) -> dict[str, float]:
-        return {"bound": self.bound}
 
     def describe(self) -> str:
         return f"the update is scaled down to l2 norm at most {spec_number(self.bound)} (global clipping)"

@@ -12,7 +12,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
-from gifd.defenses.base import Defense, Tensors, as_list, gaussian_noise, register_defense, spec_number
+from gifd.defenses.base import (
+    Defense,
+    Tensors,
+    as_list,
+    gaussian_noise,
+    register_defense,
+    require_context,
+    spec_number,
+)
 from gifd.defenses.clip import clip_scale
 from gifd.errors import GifdError
 from gifd.victims import Victim
@@ -49,10 +57,7 @@ class DPSGDDefense(Defense):
 
     @torch.no_grad()
     def apply(self, tensors: Tensors, generator=None, context=None) -> Tensors:  # type: ignore[override]
-        if context is None:
-            raise GifdError(
-                "the DP-SGD defense needs the client's batch: pass context=ClientContext(victim, images, labels)"
-            )
+        context = require_context(context, "DP-SGD")
         values, names = as_list(tensors)
         victim = context.victim
         param_names = [n for n, _ in victim.named_parameters()]
@@ -75,6 +80,7 @@ class DPSGDDefense(Defense):
         return clipped_mean_gradient(victim, inputs, labels, self.clip)
 
     def parameters(self) -> dict[str, float]:
+        """The noise multiplier first: it is the strength a sweep plots against."""
         return {"noise_multiplier": self.noise_multiplier, "clip": self.clip}
 
     def describe(self) -> str:

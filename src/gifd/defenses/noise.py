@@ -40,9 +40,6 @@ class NoiseDefense(Defense):
             return same_form(values, names)
         return same_form([t + gaussian_noise(t, self.std, generator) for t in values], names)
 
-    def parameters(self) -> dict[str, float]:
-        return {"std": self.std}
-
     def describe(self) -> str:
         return (
             f"Gaussian noise of standard deviation {spec_number(self.std)} added to every entry of the update "

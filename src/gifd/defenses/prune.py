@@ -12,11 +12,9 @@ from torch import Tensor
 
 from gifd.defenses.base import (
     Defense,
-    Tensors,
-    as_list,
+    ReproducibleDefense,
     check_ratio,
     register_defense,
-    same_form,
 )
 from gifd.errors import GifdError
 
@@ -42,7 +40,7 @@ def magnitude_mask(tensor: Tensor, ratio: float) -> Tensor:
 
 @register_defense
 @dataclass(frozen=True)
-class PruneDefense(Defense):
+class PruneDefense(ReproducibleDefense):
     """Per tensor, zero the floor(ratio n) entries of smallest magnitude (sparsification)."""
 
     ratio: float
@@ -52,17 +50,10 @@ class PruneDefense(Defense):
     def __post_init__(self) -> None:
         check_ratio("prune", self.ratio, "ratio")
 
-    def _prune(self, values: list[Tensor]) -> list[Tensor]:
+    def transform(self, values: list[Tensor]) -> list[Tensor]:
+        """The pruned tensors; the attacker prunes its dummy update with the dummy's own mask
+        (gradients flow through the kept entries)."""
         return [t * magnitude_mask(t, self.ratio) for t in values]
-
-    @torch.no_grad()
-    def apply(self, tensors: Tensors, generator=None, context=None) -> Tensors:  # type: ignore[override]
-        values, names = as_list(tensors)
-        return same_form(self._prune(values), names)
-
-    def adapt(self, dummy: list[Tensor], shared: list[Tensor], names: list[str]) -> list[Tensor]:
-        """The same pruning with the dummy's own mask; gradients flow through the kept entries."""
-        return self._prune(list(dummy))
 
     @classmethod
     def estimate(cls, shared: Sequence[Tensor], names: Sequence[str] | None = None) -> PruneDefense:
@@ -83,9 +74,6 @@ class PruneDefense(Defense):
 
     def estimated(self, shared: Sequence[Tensor], names: Sequence[str]) -> Defense:
         return self.estimate(shared, names)
-
-    def parameters(self) -> dict[str, float]:
-        return {"ratio": self.ratio}
 
     def describe(self) -> str:
         return (

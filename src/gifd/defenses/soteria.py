@@ -15,6 +15,7 @@ from gifd.defenses.base import (
     as_list,
     check_ratio,
     register_defense,
+    require_context,
     same_form,
     spec_number,
 )
@@ -76,10 +77,7 @@ class SoteriaDefense(Defense):
 
     @torch.no_grad()
     def apply(self, tensors: Tensors, generator=None, context=None) -> Tensors:  # type: ignore[override]
-        if context is None:
-            raise GifdError(
-                "the Soteria defense needs the client's batch: pass context=ClientContext(victim, images, labels)"
-            )
+        context = require_context(context, "Soteria")
         values, names = as_list(tensors)
         param_names = names if names is not None else [n for n, _ in context.victim.named_parameters()]
         if len(param_names) != len(values):
@@ -122,9 +120,6 @@ class SoteriaDefense(Defense):
 
     def estimated(self, shared: Sequence[Tensor], names: Sequence[str]) -> Defense:
         return self.estimate(shared, names, self.classifier)
-
-    def parameters(self) -> dict[str, float]:
-        return {"fraction": self.fraction}
 
     def describe(self) -> str:
         return (

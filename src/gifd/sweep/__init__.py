@@ -41,7 +41,15 @@ The modules: `grid` (the sweep file, its axes and jobs), `jobs` (a job's directo
 from __future__ import annotations
 
 from gifd.sweep.aggregate import aggregate_sweep, write_aggregate
-from gifd.sweep.executors import EXECUTORS, Executor, JobOutcome, LocalExecutor, RayExecutor, refuse_address
+from gifd.sweep.executors import (
+    EXECUTORS,
+    Executor,
+    JobOutcome,
+    LocalExecutor,
+    RayExecutor,
+    refuse_address,
+    run_here,
+)
 from gifd.sweep.grid import (
     DEFAULT_JOB_THREADS,
     IMAGES_EACH,
@@ -78,6 +86,7 @@ __all__ = [
     "load_sweep",
     "plot_aggregate",
     "refuse_address",
+    "run_here",
     "run_job",
     "run_job_packed",
     "run_sweep",

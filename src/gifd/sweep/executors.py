@@ -12,7 +12,7 @@ An executor is one class registered under its `--executor` name:
         def run(self, todo: list[Job], jobs_dir: Path) -> Generator[JobOutcome, None, None]:
             for job in todo:            # each job into jobs_dir / job.id, with run_job (or
                 ...                     # run_job_packed + unpack_job where the files travel)
-                yield job, None         # or job_error(exc)
+                yield job, None         # or job_error(exc); run_here(todo, jobs_dir) does all this
 
 `run_sweep` builds it before writing anything (so its settings fail first, as GifdErrors),
 then consumes `run`; the command line lists the built-in names (gifd.catalog.EXECUTORS).
@@ -27,7 +27,7 @@ import multiprocessing
 import os
 import socket
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,6 +81,17 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def run_here(jobs: Iterable[Job], jobs_dir: Path) -> Generator[JobOutcome, None, None]:
+    """`jobs` one after another in this process, in the order given."""
+    for job in jobs:
+        try:
+            run_job(job.config, str(jobs_dir / job.id))
+        except Exception as exc:
+            yield job, job_error(exc)
+        else:
+            yield job, None
+
+
 @EXECUTORS.register("local")
 class LocalExecutor:
     """One job after another in this process (`workers` 1, the default), or a pool of `workers`
@@ -94,16 +105,7 @@ class LocalExecutor:
         return "this process" if self.workers == 1 else f"{self.workers} worker processes"
 
     def run(self, todo: list[Job], jobs_dir: Path) -> Generator[JobOutcome, None, None]:
-        yield from (self._here(todo, jobs_dir) if self.workers == 1 else self._pool(todo, jobs_dir))
-
-    def _here(self, todo: list[Job], jobs_dir: Path) -> Generator[JobOutcome, None, None]:
-        for job in todo:
-            try:
-                run_job(job.config, str(jobs_dir / job.id))
-            except Exception as exc:
-                yield job, job_error(exc)
-            else:
-                yield job, None
+        yield from (run_here(todo, jobs_dir) if self.workers == 1 else self._pool(todo, jobs_dir))
 
     def _pool(self, todo: list[Job], jobs_dir: Path) -> Generator[JobOutcome, None, None]:
         pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
