@@ -25,6 +25,14 @@ def test_catalog_names_equal_the_registries() -> None:
     assert catalog.TRAIN_PRIOR_LOSSES == LOSSES
 
 
+def test_catalog_executors_are_the_built_in_ones() -> None:
+    """`gifd sweep --executor` offers gifd's own executors (a test may register more)."""
+    from gifd.sweep import EXECUTORS
+
+    built_in = [name for name in EXECUTORS if EXECUTORS.get(name).__module__.startswith("gifd.")]
+    assert sorted(catalog.EXECUTORS) == built_in == ["local", "ray"]
+
+
 def test_help_imports_neither_torch_nor_pydantic() -> None:
     """`gifd --help` and each fast command's --help load no heavy module (what makes them slow)."""
     for args in ([], ["attack"], ["demo"], ["report"], ["sweep"], ["priors"], ["train-prior"]):

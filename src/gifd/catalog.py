@@ -19,6 +19,8 @@ ATTACKS = ("ggl", "gi", "gias", "gifd", "gifd-noball", "ig", "latent")
 LABEL_RULES = ("unique", "count", "paper")
 #: gifd.priors.PRIORS.
 PRIORS = ("biggan-deep-128", "biggan-deep-256", "biggan-deep-512", "dcgan", "digiface-dcgan64", "stylegan2")
+#: gifd.sweep.EXECUTORS (`gifd sweep --executor`).
+EXECUTORS = ("local", "ray")
 #: gifd.priors.training.TrainPriorConfig's defaults, for `gifd train-prior --help`.
 TRAIN_PRIOR_DEFAULTS = {
     "iterations": 5000,

@@ -46,6 +46,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._factories)
 
+    def in_order(self) -> list[str]:
+        """The names in registration order (for help texts that list them as their authors did)."""
+        return list(self._factories)
+
     def __contains__(self, name: object) -> bool:
         return name in self._factories
 

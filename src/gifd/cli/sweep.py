@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gifd import catalog
 from gifd.cli import command_help
 from gifd.errors import GifdError
 
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("sweep", metavar="SWEEP.yaml", help="sweep file: `base:` settings and `grid:` axes")
     parser.add_argument(
         "--executor",
-        choices=["local", "ray"],
+        choices=catalog.EXECUTORS,
         default="local",
         help="local worker processes (default) or Ray tasks (one GPU each on a GPU cluster)",
     )
