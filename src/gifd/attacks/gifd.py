@@ -103,9 +103,10 @@ class GIFDConfig(GenerativeConfig):
     stage_start: Index = 0
     stage_end: Index | None = None
     stage_steps: list[Count] | None = None
-    #: l1 radius per stage (None = the prior's defaults; inf: no ball in that stage); `ball: false`
-    #: disables the projection.
-    radii: list[Annotated[float, Field(ge=0)]] | None = None
+    #: l1 radius per stage (None = the prior's defaults; inf: no ball in that stage), a radii file
+    #: written by `gifd calibrate` (its path), or "auto" (calibrated for the run, see
+    #: gifd.calibration.resolve_auto_radii); `ball: false` disables the projection.
+    radii: list[Annotated[float, Field(ge=0)]] | str | None = None
     ball: bool = True
     #: Schedule: linear warm-up over this fraction of a stage's steps, flat until `flat`, then cosine to 0.
     warmup: float = Field(0.05, ge=0, le=1)
@@ -342,7 +343,18 @@ class GIFD(GenerativeAttack):
         return [base + (1 if i < extra else 0) for i in range(len(stages))]
 
     def radii(self) -> list[float]:
-        radii = self.config.radii if self.config.radii is not None else self.prior.default_radii()
+        radii = self.config.radii
+        if radii == "auto":
+            raise GifdError(
+                f"{self.name}: radii: auto is calibrated for a run's victim by gifd.calibration.resolve_auto_radii "
+                "(run_experiment does): call it first, or pass radii as a list or a `gifd calibrate` file"
+            )
+        if isinstance(radii, str):
+            from gifd.calibration import load_radii
+
+            radii = load_radii(radii, self.prior)
+        elif radii is None:
+            radii = self.prior.default_radii()
         if len(radii) < self.prior.num_stages:
             raise GifdError(
                 f"{self.name}: {len(radii)} radii for a prior with {self.prior.num_stages} stages"
@@ -352,7 +364,8 @@ class GIFD(GenerativeAttack):
     def check(self) -> None:
         """Stages, their budgets and radii against the prior."""
         self.stage_budget(self.stages())
-        self.radii()
+        if self.config.radii != "auto":  # resolved before the run (it needs the victim)
+            self.radii()
 
     def run(self, target: Target, generator: torch.Generator) -> AttackResult:
         cfg, prior = self.config, self.prior
