@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from gifd.attacks import Target, infer_labels
 import gifd.calibration as calibration_module
+from gifd.attacks import Target, infer_labels
 from gifd.attacks.gifd import GIFD
 from gifd.calibration import (
     Schedule,
@@ -47,7 +47,9 @@ def generator_file(tmp_path_factory) -> str:
     with torch.no_grad():
         net(torch.randn(256, 8, 1, 1, generator=torch.Generator().manual_seed(1)))
     path = tmp_path_factory.mktemp("prior") / "generator.pt"
-    torch.save({"format": GENERATOR_FORMAT, "version": 1, "arch": net.arch, "generator": net.state_dict()}, path)
+    torch.save(
+        {"format": GENERATOR_FORMAT, "version": 1, "arch": net.arch, "generator": net.state_dict()}, path
+    )
     return str(path)
 
 
@@ -133,9 +135,19 @@ def test_calibration_picks_the_best_of_a_brute_force_over_the_grid(generator_fil
 
 
 def test_pruning_keeps_the_better_half_after_each_image(generator_file) -> None:
-    full = calibrate(settings(generator_file, cuts=["relu"], schedules=["none", "fraction:0.01", "fraction:0.1", "linear:1"]), progress=False)
+    full = calibrate(
+        settings(
+            generator_file, cuts=["relu"], schedules=["none", "fraction:0.01", "fraction:0.1", "linear:1"]
+        ),
+        progress=False,
+    )
     pruned = calibrate(
-        settings(generator_file, cuts=["relu"], schedules=["none", "fraction:0.01", "fraction:0.1", "linear:1"], prune=True),
+        settings(
+            generator_file,
+            cuts=["relu"],
+            schedules=["none", "fraction:0.01", "fraction:0.1", "linear:1"],
+            prune=True,
+        ),
         progress=False,
     )
     first = full["images"][0]
@@ -164,7 +176,9 @@ def test_radii_file_is_checked_before_any_compute(generator_file, tmp_path) -> N
             GIFD({"radii": str(path)}, prior=prior, progress=False).check()
         assert "\n" not in str(info.value)
     good = tmp_path / "good.json"
-    write_radii_file({"format": "gifd-radii", "version": 1, "cut": "batchnorm", "radii": [1.0, None, 2.0, 3.0]}, good)
+    write_radii_file(
+        {"format": "gifd-radii", "version": 1, "cut": "batchnorm", "radii": [1.0, None, 2.0, 3.0]}, good
+    )
     with pytest.raises(GifdError, match="stage cut 'batchnorm'"):
         GIFD({"radii": str(good)}, prior=prior, progress=False).check()
     batchnorm = create_prior("dcgan", generator_file, settings={"cut": "batchnorm"})

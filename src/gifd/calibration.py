@@ -144,7 +144,9 @@ class CalibrationSettings(BaseModel):
     @classmethod
     def _public_images(cls, images: list[str]) -> list[str]:
         if not images:
-            raise GifdError("no calibration images: pass --images (default builtin:imagenet and builtin:cifar10)")
+            raise GifdError(
+                "no calibration images: pass --images (default builtin:imagenet and builtin:cifar10)"
+            )
         for spec in images:
             if _is_evaluation_set(spec):
                 raise GifdError(
@@ -167,7 +169,9 @@ class CalibrationSettings(BaseModel):
         object.__setattr__(self, "schedules", specs)
         fixed = [key for key in CALIBRATED_KEYS if key in self.gifd]
         if fixed:
-            raise GifdError(f"the calibration chooses {', '.join(fixed)} itself: drop them from the GIFD settings")
+            raise GifdError(
+                f"the calibration chooses {', '.join(fixed)} itself: drop them from the GIFD settings"
+            )
         build_config(GIFDConfig, self.gifd, "GIFD settings")
         for cut in self.cuts or []:
             prior_settings(self.prior, {"cut": cut})
@@ -204,14 +208,23 @@ def _cases(settings: CalibrationSettings, victim: Victim) -> list[_Case]:
         images = load_images(spec, settings.resolution, indices)
         for k in range(len(images)):
             # Any label fits a public image: the source's own, folded into the victim's classes.
-            label = int(images.labels[k]) % victim.num_classes if images.labels is not None else k % victim.num_classes
+            label = (
+                int(images.labels[k]) % victim.num_classes
+                if images.labels is not None
+                else k % victim.num_classes
+            )
             image = images.images[k : k + 1].to(victim.device)
             labels = torch.tensor([label], device=victim.device)
             update = compute_update(victim, image, labels)
             inferred = infer_labels(
-                update, victim, settings.label_inference, generator=torch.Generator().manual_seed(settings.seed)
+                update,
+                victim,
+                settings.label_inference,
+                generator=torch.Generator().manual_seed(settings.seed),
             )
-            cases.append(_Case(f"{images.source}/{images.names[k]}", image.cpu(), Target(victim, update, inferred)))
+            cases.append(
+                _Case(f"{images.source}/{images.names[k]}", image.cpu(), Target(victim, update, inferred))
+            )
     return cases
 
 
@@ -287,7 +300,9 @@ def _calibrate(
             device=device,
         )
     if victim.resolution != settings.resolution:
-        raise GifdError(f"the victim takes {victim.resolution} px but the calibration is for {settings.resolution} px")
+        raise GifdError(
+            f"the victim takes {victim.resolution} px but the calibration is for {settings.resolution} px"
+        )
     if prior is not None:
         priors = {getattr(prior, "cut", None): prior}
     else:
@@ -306,17 +321,27 @@ def _calibrate(
         for spec in settings.schedules:
             radii = Schedule.parse(spec).radii(norms, stage0)
             candidates.append(
-                {"cut": getattr(staged, "cut", cut), "schedule": spec, "radii": radii, "psnr": {}, "prior": staged}
+                {
+                    "cut": getattr(staged, "cut", cut),
+                    "schedule": spec,
+                    "radii": radii,
+                    "psnr": {},
+                    "prior": staged,
+                }
             )
     alive = list(range(len(candidates)))
     runs, done, start = len(candidates) * len(cases), 0, time.perf_counter()
     for k, case in enumerate(cases):
         for index in alive:
             candidate = candidates[index]
-            attack = GIFD({**settings.gifd, "radii": candidate["radii"]}, prior=candidate["prior"], progress=False)
+            attack = GIFD(
+                {**settings.gifd, "radii": candidate["radii"]}, prior=candidate["prior"], progress=False
+            )
             # The same seeded start for every candidate: the schedules are compared on equal terms.
             result = attack.run(case.target, torch.Generator().manual_seed(settings.seed + k))
-            value = float(psnr(result.images.clamp(0, 1).to(torch.float64), case.image.to(torch.float64)).mean())
+            value = float(
+                psnr(result.images.clamp(0, 1).to(torch.float64), case.image.to(torch.float64)).mean()
+            )
             candidate["psnr"][case.name] = value
             done += 1
             elapsed = time.perf_counter() - start
@@ -371,10 +396,19 @@ def format_table(calibration: dict[str, Any]) -> str:
         chosen = row["cut"] == calibration["cut"] and row["schedule"] == calibration["schedule"]
         radii = ", ".join("-" if r is None else f"{r:.4g}" for r in row["radii"][1:])
         rows.append(
-            ["*" if chosen else "", str(row["cut"]), row["schedule"], f"{row['mean_psnr']:.2f}", str(len(row["psnr"])), f"[-, {radii}]"]
+            [
+                "*" if chosen else "",
+                str(row["cut"]),
+                row["schedule"],
+                f"{row['mean_psnr']:.2f}",
+                str(len(row["psnr"])),
+                f"[-, {radii}]",
+            ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
 
 
 def write_radii_file(calibration: dict[str, Any], path: str | Path) -> Path:
@@ -435,7 +469,9 @@ def cache_dir() -> Path:
     """Where `radii: auto` keeps its calibrations: GIFD_CACHE_DIR, else $XDG_CACHE_HOME/gifd, else
     ~/.cache/gifd (subfolder calibration/)."""
     root = os.environ.get("GIFD_CACHE_DIR") or (
-        Path(os.environ["XDG_CACHE_HOME"]) / "gifd" if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache" / "gifd"
+        Path(os.environ["XDG_CACHE_HOME"]) / "gifd"
+        if os.environ.get("XDG_CACHE_HOME")
+        else Path.home() / ".cache" / "gifd"
     )
     return Path(root) / "calibration"
 

@@ -19,7 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "as attack_settings gifd radii: FILE.",
     )
     add = parser.add_argument
-    add("--prior", default="digiface-dcgan64", help="generative prior (see `gifd priors`; default digiface-dcgan64)")
+    add(
+        "--prior",
+        default="digiface-dcgan64",
+        help="generative prior (see `gifd priors`; default digiface-dcgan64)",
+    )
     add("--prior-weights", help="weights of the prior (a path; needed for biggan-*, stylegan2, dcgan)")
     add(
         "--victim",
@@ -29,7 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add("--victim-weights", help="state-dict file of a trained victim (default: seeded random init)")
     add("--resolution", type=int, default=64, help="image side in pixels (default 64)")
     add("--num-classes", type=int, default=10, help="victim class count (default 10)")
-    add("--normalization", default="imagenet", help=f"victim input normalisation: {', '.join(catalog.NORMALIZATIONS)}")
+    add(
+        "--normalization",
+        default="imagenet",
+        help=f"victim input normalisation: {', '.join(catalog.NORMALIZATIONS)}",
+    )
     add(
         "--images",
         action="append",
@@ -107,7 +115,11 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         values["schedules"] = args.schedules
     if args.cuts:
         values["cuts"] = args.cuts
-    elif args.prior in PRIORS and PRIORS[args.prior].settings is not None and "cut" in PRIORS[args.prior].settings.model_fields:
+    elif (
+        args.prior in PRIORS
+        and PRIORS[args.prior].settings is not None
+        and "cut" in PRIORS[args.prior].settings.model_fields
+    ):
         values["cuts"] = ["relu", "batchnorm"]
     return calibration_settings(values, "command line")
 
