@@ -517,13 +517,19 @@ def resolve_auto_radii(
     for the same key is reused (`calibrate_cached`).
     """
     from gifd.attacks import ATTACKS
-    from gifd.attacks.gifd import GIFDConfig
+    from gifd.attacks.gifd import GIFD, LatentSearch
 
     settings = {name: dict(s) for name, s in config.attack_settings.items()}
     changed = False
     for name in config.attacks:
-        own = config.settings_for(name)
-        if own.get("radii") != "auto" or not issubclass(ATTACKS.get(name).Config, GIFDConfig):
+        own, cls = config.settings_for(name), ATTACKS.get(name)
+        if own.get("radii") != "auto" or not issubclass(cls, GIFD):
+            continue
+        fixed = build_config(cls.Config, {k: v for k, v in own.items() if k != "radii"}, f"{name} settings")
+        if issubclass(cls, LatentSearch) or not fixed.ball:
+            # No feature stage is projected: the radii do not matter, the prior's defaults stand.
+            settings.setdefault(name, {})["radii"] = None
+            changed = True
             continue
         if prior is None:
             raise GifdError(f"{name}: radii: auto needs the run's prior")

@@ -36,10 +36,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from gifd.attacks.base import (
@@ -106,7 +106,7 @@ class GIFDConfig(GenerativeConfig):
     #: l1 radius per stage (None = the prior's defaults; inf: no ball in that stage), a radii file
     #: written by `gifd calibrate` (its path), or "auto" (calibrated for the run, see
     #: gifd.calibration.resolve_auto_radii); `ball: false` disables the projection.
-    radii: list[Annotated[float, Field(ge=0)]] | str | None = None
+    radii: list[float] | str | None = None
     ball: bool = True
     #: Schedule: linear warm-up over this fraction of a stage's steps, flat until `flat`, then cosine to 0.
     warmup: float = Field(0.05, ge=0, le=1)
@@ -116,6 +116,19 @@ class GIFDConfig(GenerativeConfig):
     #: A halving rung inside the first stage: at its midpoint keep the better half of the restarts
     #: (by their best loss so far) and run only those on.
     rung: bool = False
+
+    @field_validator("radii", mode="before")
+    @classmethod
+    def _radii(cls, value: Any) -> Any:
+        """A list of radii >= 0 (inf allowed), "auto", or a radii file's path."""
+        if value is None or (isinstance(value, str) and value.strip()):
+            return value
+        if not isinstance(value, (list, tuple)):
+            raise GifdError(f"radii = {value!r} is invalid: pass a list of numbers >= 0, auto, or a radii file")
+        for i, r in enumerate(value):
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not r >= 0:
+                raise GifdError(f"radii.{i} = {r!r} is invalid: pass a number >= 0 (inf: no ball)")
+        return [float(r) for r in value]
 
     #: "paper": every restart gets the full budget (the paper's procedure; batched restarts compute
     #: the same numbers as its one-after-another loop). "fast": batched restarts, a rung at the
