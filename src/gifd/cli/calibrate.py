@@ -133,5 +133,5 @@ def run(args: argparse.Namespace) -> None:
     print(format_table(calibration))
     print(
         f"chosen: cut={calibration['cut']} {calibration['schedule']} ({calibration['mean_psnr']:.2f} dB mean PSNR "
-        f"on {len(calibration['images'])} images, {calibration['seconds']:.0f} s); radii file: {path}"
+        f"on {len(calibration['images'])} image(s), {calibration['seconds']:.0f} s); radii file: {path}"
     )
