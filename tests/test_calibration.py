@@ -321,3 +321,37 @@ def test_cli_calibrate_refuses_the_evaluation_set(capsys) -> None:
     assert main(["calibrate", "--images", "builtin:photos", "--device", "cpu"]) == 2
     error = capsys.readouterr().err.strip()
     assert "builtin:photos is the evaluation set" in error and "\n" not in error
+
+
+def test_radii_auto_leaves_attacks_without_a_ball_on_the_defaults(generator_file, cache, monkeypatch) -> None:
+    calls = []
+    original = GIFD.run
+
+    def counted(self, target, generator):
+        calls.append(self.config.radii)
+        return original(self, target, generator)
+
+    monkeypatch.setattr(GIFD, "run", counted)
+    config = experiment_config(
+        {
+            "victim": "lenet",
+            "resolution": 32,
+            "attacks": ["gifd-noball", "latent"],
+            "prior": "dcgan",
+            "prior_weights": generator_file,
+            "attack_settings": {"gifd-noball": {"radii": "auto"}, "latent": {"radii": "auto"}},
+            "steps": 2,
+            "restarts": 1,
+            "device": "cpu",
+        }
+    )
+    results = run_experiment(config, progress=False)
+    assert calls == [None, None]  # no calibration ran
+    assert not cache.exists()
+    assert results["config"]["attack_settings"]["latent"]["radii"] is None
+
+
+def test_prior_settings_are_checked_with_the_run_config() -> None:
+    with pytest.raises(GifdError, match="prior_settings of digiface-dcgan64.*cut"):
+        experiment_config({"prior_settings": {"cut": "tanh"}})
+    assert experiment_config({"prior_settings": {"cut": "batchnorm"}}).prior_settings == {"cut": "batchnorm"}
