@@ -251,6 +251,8 @@ def test_radii_auto_is_reproducible_and_cached(generator_file, cache, monkeypatc
     radii = first["config"]["attack_settings"]["gifd"]["radii"]  # JSON: no ball is null
     assert radii == stored["radii"]
     assert calls[-1] == [math.inf if r is None else r for r in radii]  # the attack ran with them
+    rerun = experiment_config(first["config"])  # results.json's config runs again as it is
+    assert GIFD.Config(**rerun.settings_for("gifd")).radii == calls[-1]
 
     calls.clear()
     again = auto_run(generator_file)  # the cached calibration: only the attack runs

@@ -103,7 +103,7 @@ class GIFDConfig(GenerativeConfig):
     stage_start: Index = 0
     stage_end: Index | None = None
     stage_steps: list[Count] | None = None
-    #: l1 radius per stage (None = the prior's defaults; inf: no ball in that stage), a radii file
+    #: l1 radius per stage (None = the prior's defaults; inf or null: no ball in that stage), a radii file
     #: written by `gifd calibrate` (its path), or "auto" (calibrated for the run, see
     #: gifd.calibration.resolve_auto_radii); `ball: false` disables the projection.
     radii: list[float] | str | None = None
@@ -120,15 +120,15 @@ class GIFDConfig(GenerativeConfig):
     @field_validator("radii", mode="before")
     @classmethod
     def _radii(cls, value: Any) -> Any:
-        """A list of radii >= 0 (inf allowed), "auto", or a radii file's path."""
+        """A list of radii >= 0 (inf or null: no ball, as JSON writes it), "auto", or a radii file's path."""
         if value is None or (isinstance(value, str) and value.strip()):
             return value
         if not isinstance(value, (list, tuple)):
             raise GifdError(f"radii = {value!r} is invalid: pass a list of numbers >= 0, auto, or a radii file")
         for i, r in enumerate(value):
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or not r >= 0:
+            if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not r >= 0):
                 raise GifdError(f"radii.{i} = {r!r} is invalid: pass a number >= 0 (inf: no ball)")
-        return [float(r) for r in value]
+        return [math.inf if r is None else float(r) for r in value]
 
     #: "paper": every restart gets the full budget (the paper's procedure; batched restarts compute
     #: the same numbers as its one-after-another loop). "fast": batched restarts, a rung at the
