@@ -260,7 +260,10 @@ def calibrate(
     """Run every (cut, schedule) candidate on every calibration image; return the radii file's
     content (see the module doc). `victim` / `prior` reuse built ones (then `settings` only
     describes them; a given prior is measured with its own cut only). `echo` gets one line per
-    finished GIFD run (default: stderr when `progress`). Runs with `settings.threads` torch threads."""
+    finished GIFD run (default: stderr when `progress`). Runs with `settings.threads` torch threads.
+
+    Every draw comes from a generator seeded from `settings.seed`; the global seeds are left
+    alone (a `radii: auto` inside a server's audit keeps the server's own random state)."""
     from gifd.device import torch_threads
 
     with torch_threads(settings.threads):
@@ -278,7 +281,7 @@ def _calibrate(
 
     from gifd.attacks.gifd import GIFD, GIFDConfig
     from gifd.client import weights_fingerprint
-    from gifd.device import resolve_device, seed_everything
+    from gifd.device import resolve_device
     from gifd.experiment import versions
     from gifd.metrics.image import psnr
     from gifd.priors import create_prior
@@ -287,7 +290,6 @@ def _calibrate(
 
     if echo is None:
         echo = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
-    seed_everything(settings.seed)
     device = resolve_device(settings.device) if victim is None else victim.device
     if victim is None:
         victim = create_victim(

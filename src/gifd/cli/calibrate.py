@@ -126,8 +126,10 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> None:
     from gifd.calibration import calibrate, format_table, write_radii_file
+    from gifd.device import seed_everything
 
     settings = settings_from_args(args)
+    seed_everything(settings.seed)  # the CLI owns its process (cuDNN and other global draws)
     calibration = calibrate(settings, progress=not args.quiet)
     path = write_radii_file(calibration, args.out)
     print(format_table(calibration))
