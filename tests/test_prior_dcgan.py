@@ -34,20 +34,24 @@ def face_state():
     return torch.load(face_weights_path(), map_location="cpu", weights_only=True)["netG_state_dict"]
 
 
-def reference_features(state: dict, z: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def reference_features(
+    state: dict, z: torch.Tensor, cut: str = "relu"
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The DCGAN written directly with torch.nn.functional from the raw state dict: the outputs
-    of the four BN+ReLU blocks and the image."""
+    of the four blocks' ReLU (or, by `cut`, BatchNorm or ConvTranspose2d) and the image."""
     x = z[:, :, None, None]
     features = []
     for conv, stride, padding in ((0, 1, 0), (3, 2, 1), (6, 2, 1), (9, 2, 1)):
         x = F.conv_transpose2d(x, state[f"main.{conv}.weight"], stride=stride, padding=padding)
+        after_conv = x
         bn = f"main.{conv + 1}"
         x = F.batch_norm(
             x, state[f"{bn}.running_mean"], state[f"{bn}.running_var"], state[f"{bn}.weight"],
             state[f"{bn}.bias"], training=False, eps=1e-5,
         )  # fmt: skip
+        after_bn = x
         x = F.relu(x)
-        features.append(x)
+        features.append({"relu": x, "batchnorm": after_bn, "conv": after_conv}[cut])
     image = torch.tanh(F.conv_transpose2d(x, state["main.12.weight"], stride=2, padding=1))
     return features, image
 
@@ -144,6 +148,37 @@ def test_default_radii_follow_documented_rule(face_prior, face_state):
     assert doubled == pytest.approx([2 * r for r in radii], rel=1e-6)
     with pytest.raises(GifdError, match="fraction must be positive"):
         radii_from_feature_norms(face_prior, fraction=0.0)
+
+
+@pytest.mark.parametrize("cut", ["batchnorm", "conv"])
+def test_stage_cut_takes_the_feature_before_the_activation(face_state, cut):
+    prior = create_prior("digiface-dcgan64", settings={"cut": cut})
+    z = torch.randn(3, 100, generator=torch.Generator().manual_seed(5))
+    features, image = reference_features(face_state, z, cut)
+    variables, ctx = {"z": z}, {}
+    assert torch.allclose(prior(0, variables, ctx), image, atol=1e-5)
+    for stage in range(1, prior.num_stages):
+        variables = prior.advance(stage - 1, variables, ctx)
+        assert torch.allclose(variables["h"], features[stage - 1], rtol=1e-4, atol=1e-4)
+        # Same image from every stage; before the ReLU the feature has negative entries.
+        assert torch.allclose(prior(stage, variables, ctx), image, atol=1e-5)
+        assert (variables["h"] < 0).float().mean() > 0.2
+
+
+def test_radii_depend_on_the_cut(face_prior):
+    relu = radii_from_feature_norms(face_prior)
+    before = radii_from_feature_norms(create_prior("digiface-dcgan64", settings={"cut": "batchnorm"}))
+    assert before[0] == pytest.approx(relu[0])  # z is the same
+    assert all(b > r for b, r in zip(before[1:], relu[1:], strict=True))  # the ReLU zeroes entries
+
+
+def test_prior_settings_checked():
+    with pytest.raises(GifdError, match="cut"):
+        create_prior("digiface-dcgan64", settings={"cut": "tanh"})
+    with pytest.raises(GifdError, match="unknown key"):
+        create_prior("digiface-dcgan64", settings={"cutt": "relu"})
+    with pytest.raises(GifdError, match="takes no prior_settings"):
+        create_prior("stylegan2", "/nonexistent", settings={"cut": "relu"})
 
 
 def test_default_radii_cached(face_prior, monkeypatch):

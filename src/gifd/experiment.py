@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 import gifd
 from gifd.attacks import ATTACKS, AttackResult, Target, infer_labels
 from gifd.attacks.labels import LabelRule, check_label_inference
+from gifd.calibration import resolve_auto_radii
 from gifd.client import Update, compute_update, load_update, save_update, validate_update, weights_fingerprint
 from gifd.config import Count, DeviceName, Index, Positive, Seed, VictimName, build_config
 from gifd.data import ImageSet, load_images
@@ -45,7 +46,7 @@ from gifd.errors import GifdError
 from gifd.fedavg import LocalTraining, compute_fedavg_update
 from gifd.imageio import save_grid, save_image
 from gifd.metrics import evaluate, label_accuracy
-from gifd.priors import PRIORS, StagedGenerator, create_prior
+from gifd.priors import PRIORS, StagedGenerator, create_prior, prior_settings
 from gifd.results import RESULTS_VERSION, validate_results
 from gifd.rundir import check_replaceable, files_below, stage_image_name, write_marker
 from gifd.victims import Victim, create_victim, normalization_name
@@ -64,6 +65,8 @@ class AttackPlan(BaseModel):
     #: Generative prior of the GAN-based attacks (see `gifd priors`) and its weights path.
     prior: str = "digiface-dcgan64"
     prior_weights: str | None = None
+    #: The prior's settings, e.g. {"cut": "batchnorm"} for a DCGAN (see the prior's settings model).
+    prior_settings: dict[str, Any] = Field(default_factory=dict)
     #: Total step budget per restart for every attack (None: each attack's own default); the
     #: staged attacks (gifd, gifd-noball, latent) split it over their stages (equal total compute).
     steps: Count | None = None
@@ -96,6 +99,7 @@ class AttackPlan(BaseModel):
             raise GifdError(
                 f"unknown prior {self.prior!r}: use one of {', '.join(sorted(PRIORS))} (see `gifd priors`)"
             )
+        prior_settings(self.prior, self.prior_settings)
         for name in self.attacks:
             build_config(ATTACKS.get(name).Config, self.settings_for(name), f"{name} settings")
         return self
@@ -232,8 +236,9 @@ def _run_experiment(
         )
     prior = None
     if any(ATTACKS.get(name).needs_prior for name in config.attacks):
-        prior = create_prior(config.prior, config.prior_weights, device)
+        prior = create_prior(config.prior, config.prior_weights, device, config.prior_settings)
     check_attacks_fit(config, prior)
+    config = resolve_auto_radii(config, victim, prior, progress=progress)
     batches, reconstructions = [], {name: [] for name in config.attacks}
     #: attack -> stage -> best images after that stage, one tensor per batch (staged attacks only).
     stage_images: dict[str, dict[int, list[torch.Tensor]]] = {}
@@ -316,8 +321,9 @@ def attack_received_update(
         check_replaceable(Path(out), "run")
     config = config.model_copy(update=_update_facts(update, config))
     if prior is None and any(ATTACKS.get(name).needs_prior for name in config.attacks):
-        prior = create_prior(config.prior, config.prior_weights, victim.device)
+        prior = create_prior(config.prior, config.prior_weights, victim.device, config.prior_settings)
     check_attacks_fit(config, prior)
+    config = resolve_auto_radii(config, victim, prior, progress=progress)
     reconstructions: dict[str, list[torch.Tensor]] = {name: [] for name in config.attacks}
     stage_images: dict[str, dict[int, list[torch.Tensor]]] = {}
     batch = _attack_batch(

@@ -559,7 +559,7 @@ class FlowerAudit:
 
     def _prior_for(self, config: ExperimentConfig) -> StagedGenerator | None:
         if self._prior is None and any(ATTACKS.get(a).needs_prior for a in config.attacks):
-            self._prior = create_prior(config.prior, config.prior_weights, self.device)
+            self._prior = create_prior(config.prior, config.prior_weights, self.device, config.prior_settings)
         return self._prior
 
     def _new_record(self, server_round: int, client: str, reported: Mapping[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -78,9 +78,10 @@ class GIFDConfig(GenerativeConfig):
     stage_start: Index = 0
     stage_end: Index | None = None
     stage_steps: Count | list[Count] | None = None
-    #: l1 radius per stage (None = the prior's defaults; inf: no ball in that stage); `ball: false`
-    #: disables the projection.
-    radii: list[Annotated[float, Field(ge=0)]] | None = None
+    #: l1 radius per stage (None = the prior's defaults; inf or null: no ball in that stage), a radii file
+    #: written by `gifd calibrate` (its path), or "auto" (calibrated for the run, see
+    #: gifd.calibration.resolve_auto_radii); `ball: false` disables the projection.
+    radii: list[float] | str | None = None
     ball: bool = True
     #: Schedule: linear warm-up over this fraction of a stage's steps, flat until `flat`, then cosine to 0.
     warmup: float = Field(0.05, ge=0, le=1)
@@ -90,6 +91,19 @@ class GIFDConfig(GenerativeConfig):
     #: A halving rung inside the first stage: at its midpoint keep the better half of the restarts
     #: (by their best loss so far) and run only those on.
     rung: bool = False
+
+    @field_validator("radii", mode="before")
+    @classmethod
+    def _radii(cls, value: Any) -> Any:
+        """A list of radii >= 0 (inf or null: no ball, as JSON writes it), "auto", or a radii file's path."""
+        if value is None or (isinstance(value, str) and value.strip()):
+            return value
+        if not isinstance(value, (list, tuple)):
+            raise GifdError(f"radii = {value!r} is invalid: pass a list of numbers >= 0, auto, or a radii file")
+        for i, r in enumerate(value):
+            if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not r >= 0):
+                raise GifdError(f"radii.{i} = {r!r} is invalid: pass a number >= 0 (inf: no ball)")
+        return [math.inf if r is None else float(r) for r in value]
 
     #: "paper": every restart gets the full budget (the paper's procedure; batched restarts compute
     #: the same numbers as its one-after-another loop). "fast": batched restarts, a rung at the
@@ -210,7 +224,18 @@ class GIFD(GenerativeAttack):
         return [base + (1 if i < extra else 0) for i in range(len(stages))]
 
     def radii(self) -> list[float]:
-        radii = self.config.radii if self.config.radii is not None else self.prior.default_radii()
+        radii = self.config.radii
+        if radii == "auto":
+            raise GifdError(
+                f"{self.name}: radii: auto is calibrated for a run's victim by gifd.calibration.resolve_auto_radii "
+                "(run_experiment does): call it first, or pass radii as a list or a `gifd calibrate` file"
+            )
+        if isinstance(radii, str):
+            from gifd.calibration import load_radii
+
+            radii = load_radii(radii, self.prior)
+        elif radii is None:
+            radii = self.prior.default_radii()
         if len(radii) < self.prior.num_stages:
             raise GifdError(
                 f"{self.name}: {len(radii)} radii for a prior with {self.prior.num_stages} stages"
@@ -220,7 +245,8 @@ class GIFD(GenerativeAttack):
     def check(self) -> None:
         """Stages, their budgets and radii against the prior."""
         self.stage_budget(self.stages())
-        self.radii()
+        if self.config.radii != "auto":  # resolved before the run (it needs the victim)
+            self.radii()
 
     def run(self, target: Target, generator: torch.Generator) -> AttackResult:
         cfg, prior = self.config, self.prior

@@ -7,6 +7,7 @@ from gifd.priors.base import (
     StagedGenerator,
     Variables,
     create_prior,
+    prior_settings,
     register_prior,
 )
 
@@ -17,6 +18,7 @@ __all__ = [
     "StagedGenerator",
     "Variables",
     "create_prior",
+    "prior_settings",
     "register_prior",
 ]
 

@@ -12,10 +12,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import BaseModel
 from torch import Tensor, nn
 
+from gifd.config import build_config
 from gifd.errors import GifdError
 
 #: The optimisable variables of one stage, by name (e.g. {"z": ...} or {"h": ..., "w": ...}).
@@ -87,6 +90,10 @@ class StagedGenerator(nn.Module, ABC):
         Entries for stages whose variables are not projected (a sphere-constrained z) are ignored.
         """
 
+    def configure(self, settings: BaseModel) -> None:
+        """Apply the prior's settings (its registry entry's `settings` model); a prior without
+        settings takes none, so there is nothing to apply."""
+
     def gias_finetune_lr(self) -> float:
         """GIAS's fine-tune learning rate for this prior (used when `finetune_lr` is not given).
 
@@ -145,6 +152,8 @@ class PriorEntry:
     build: Callable[[Path | None], StagedGenerator]
     #: The default weights location, or None when the user must give a path.
     default_weights: Callable[[], Path | None] = lambda: None
+    #: The model of the prior's settings (`prior_settings` of a run), or None: it has none.
+    settings: type[BaseModel] | None = None
 
 
 PRIORS: dict[str, PriorEntry] = {}
@@ -158,16 +167,34 @@ def register_prior(entry: PriorEntry) -> PriorEntry:
     return entry
 
 
-def create_prior(
-    name: str, weights: str | Path | None = None, device: torch.device | str | None = None
-) -> StagedGenerator:
-    """Build the registered prior `name` from `weights` (or its default location), in eval mode,
-    without gradients on its parameters, on `device`."""
+def prior_settings(name: str, values: dict[str, Any] | None) -> BaseModel | None:
+    """Validate `values` as the settings of the registered prior `name` (one-line errors, no
+    weights loaded); None for a prior that has no settings and was given none."""
     if name not in PRIORS:
         raise GifdError(
             f"unknown prior {name!r}. Known priors: {', '.join(sorted(PRIORS))} (see `gifd priors`)."
         )
+    model = PRIORS[name].settings
+    if model is None:
+        if values:
+            raise GifdError(f"prior {name!r} takes no prior_settings, got {sorted(values)}: drop them")
+        return None
+    return build_config(model, dict(values or {}), f"prior_settings of {name}")
+
+
+def create_prior(
+    name: str,
+    weights: str | Path | None = None,
+    device: torch.device | str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> StagedGenerator:
+    """Build the registered prior `name` from `weights` (or its default location) with its
+    `settings` (see `prior_settings`), in eval mode, without gradients on its parameters, on
+    `device`."""
+    validated = prior_settings(name, settings)
     prior = PRIORS[name].build(Path(weights).expanduser() if weights is not None else None)
+    if validated is not None:
+        prior.configure(validated)
     prior.eval().requires_grad_(False)
     if device is not None:
         prior.to(device)

@@ -9,8 +9,9 @@ in the PyPI package `gan-face-generate==1.1.1` load strictly.
 Stages (`DCGANPrior`): stage 0 is z, kept flat as (N, nz) rather than (N, nz, 1, 1), because the
 trailing 1x1 is an implementation detail of the first ConvTranspose2d and a flat vector is what the
 sphere constraint and black-box optimisers (CMA-ES) act on. Stage i = 1..B is the output of
-up-sampling block i after its BatchNorm + ReLU (for the 64-px face prior 512x4x4, 256x8x8,
-128x16x16, 64x32x32); the last ConvTranspose2d + Tanh maps the last stage to the image. z ~ N(0, I)
+up-sampling block i after its BatchNorm + ReLU (by default; the setting `cut` takes it before the
+ReLU or after the ConvTranspose2d instead, see `DCGANPrior`) (for the 64-px face prior 512x4x4,
+256x8x8, 128x16x16, 64x32x32); the last ConvTranspose2d + Tanh maps the last stage to the image. z ~ N(0, I)
 and `sphere_latent` is True: GIFD keeps BigGAN's Gaussian z on the sphere of its starting norm, and
 this z is Gaussian in the same way. BatchNorm always uses its running statistics (the prior stays in
 eval mode even if `.train()` is called), so a sample never depends on the rest of its batch.
@@ -33,9 +34,10 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from gifd.errors import GifdError, load_torch_file
@@ -96,10 +98,11 @@ class DCGANGenerator(nn.Module):
         """The architecture as a plain dict (stored in checkpoints)."""
         return {"nz": self.nz, "ngf": self.ngf, "resolution": self.resolution, "nc": self.nc}
 
-    def block(self, index: int, x: Tensor) -> Tensor:
-        """Up-sampling block `index` (1-based) applied to `x`."""
-        start = 3 * (index - 1)
-        for layer in self.main[start : start + 3]:
+    def block(self, index: int, x: Tensor, start: int = 0, end: int = 3) -> Tensor:
+        """Up-sampling block `index` (1-based) applied to `x`: its layers `start` to `end` - 1
+        (0 ConvTranspose2d, 1 BatchNorm2d, 2 ReLU; default the whole block)."""
+        first = 3 * (index - 1)
+        for layer in self.main[first + start : first + end]:
             x = layer(x)
         return x
 
@@ -129,8 +132,35 @@ def init_dcgan_weights(module: nn.Module, generator: torch.Generator) -> None:
                 m.bias.zero_()
 
 
+#: Where a DCGAN stage is cut inside its block: after the ReLU (the whole block), after the
+#: BatchNorm (before the ReLU), or after the ConvTranspose2d -> number of the block's layers run.
+CUT_LAYERS: dict[str, int] = {"relu": 3, "batchnorm": 2, "conv": 1}
+DCGANCut = Literal["relu", "batchnorm", "conv"]
+
+
+class DCGANSettings(BaseModel):
+    """The DCGAN priors' settings (`prior_settings` of a run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Where each stage is cut inside its block (see `DCGANPrior`).
+    cut: DCGANCut = "relu"
+
+
 class DCGANPrior(StagedGenerator):
     """A `DCGANGenerator` cut into stages (see the module docstring for the stage layout).
+
+    `cut` says where stage i >= 1 is taken inside block i: "relu" (the default: the block's output
+    after BatchNorm + ReLU), "batchnorm" (after BatchNorm, before the ReLU) or "conv" (the
+    ConvTranspose2d output); the rest of the block runs in the later stages' generator. After the
+    ReLU most entries are exactly zero and an optimised feature may go negative where the generator
+    never does; before it, every entry is free and the feature stays in the generator's own range.
+    "batchnorm" and "conv" reach the same images (eval-mode BatchNorm is a fixed per-channel affine
+    map); they differ in the geometry of the l1 ball and of Adam's steps: after BatchNorm every
+    channel has about unit scale, so one radius and one lr treat the channels alike, while the
+    ConvTranspose2d output has each channel's own running scale. Which cut fits best per victim is
+    measured by `gifd calibrate` (it records the winner); the default stays "relu" until that
+    measurement says otherwise.
 
     GIAS's fine-tune lr (`gias_finetune_lr`) follows the weight-scale rule of `StagedGenerator`:
     2.5e-3 x the RMS of the ConvTranspose2d kernels, to one digit (1e-4 for the face prior, whose
@@ -141,7 +171,13 @@ class DCGANPrior(StagedGenerator):
 
     sphere_latent = True
 
-    def __init__(self, net: DCGANGenerator, label: str = "DCGAN", weights_key: str | None = None) -> None:
+    def __init__(
+        self,
+        net: DCGANGenerator,
+        label: str = "DCGAN",
+        weights_key: tuple[Any, ...] | None = None,
+        cut: DCGANCut = "relu",
+    ) -> None:
         super().__init__()
         if net.nc != 3:
             raise GifdError(f"a DCGAN prior must produce RGB images (nc=3), this generator has nc={net.nc}")
@@ -152,7 +188,20 @@ class DCGANPrior(StagedGenerator):
         #: Identifies the weights for the module-level radius cache (None: cache per instance only).
         self.weights_key = weights_key
         self._radii: list[float] | None = None
+        self.cut: DCGANCut = "relu"
+        self.configure(DCGANSettings(cut=cut))
         self.net.eval()
+
+    def configure(self, settings: BaseModel) -> None:
+        """Apply `DCGANSettings` (the stage cut); the radii are measured again for the new cut."""
+        if not isinstance(settings, DCGANSettings):
+            raise GifdError(f"{self.label} takes DCGANSettings, got {type(settings).__name__}")
+        self.cut = settings.cut
+        self._radii = None
+
+    @property
+    def _cut_layers(self) -> int:
+        return CUT_LAYERS[self.cut]
 
     def train(self, mode: bool = True) -> DCGANPrior:
         """Set the mode of the module, but keep BatchNorm on its running statistics."""
@@ -205,6 +254,8 @@ class DCGANPrior(StagedGenerator):
 
     def forward(self, stage: int, variables: Variables, context: Context) -> Tensor:  # type: ignore[override]
         x = self._input(stage, variables)
+        if stage > 0:
+            x = self.net.block(stage, x, start=self._cut_layers)
         for b in range(stage + 1, self.net.num_blocks + 1):
             x = self.net.block(b, x)
         return self.net.output(x)
@@ -214,7 +265,9 @@ class DCGANPrior(StagedGenerator):
         if stage + 1 >= self.num_stages:
             raise GifdError(f"stage {stage} is the last stage of {self.label}: there is no stage {stage + 1}")
         with torch.no_grad():
-            return {"h": self.net.block(stage + 1, x)}
+            if stage > 0:
+                x = self.net.block(stage, x, start=self._cut_layers)
+            return {"h": self.net.block(stage + 1, x, end=self._cut_layers)}
 
     def default_radii(self) -> list[float]:
         """Radius per stage = 0.1 x the mean per-sample l1 norm of the stage (measured once)."""
@@ -242,7 +295,9 @@ def radii_from_feature_norms(
     if not fraction > 0:
         raise GifdError(f"radius fraction must be positive, got {fraction}")
     weights_key = getattr(prior, "weights_key", None)
-    cache_key = (weights_key, fraction, n_samples, seed) if weights_key is not None else None
+    #: The stage cut (DCGANPrior.cut) changes the features, so it is part of the key.
+    cut = getattr(prior, "cut", None)
+    cache_key = (weights_key, cut, fraction, n_samples, seed) if weights_key is not None else None
     if cache_key is not None and cache_key in _RADII_CACHE:
         return list(_RADII_CACHE[cache_key])
     gen = torch.Generator().manual_seed(seed)
@@ -409,6 +464,7 @@ register_prior(
         ),
         build=load_face_dcgan,
         default_weights=face_weights_path,
+        settings=DCGANSettings,
     )
 )
 
@@ -422,6 +478,7 @@ register_prior(
             "the generator.pt or checkpoint.pt written by `gifd train-prior` (--prior-weights PATH)"
         ),
         build=load_trained_dcgan,
+        settings=DCGANSettings,
     )
 )
 
@@ -429,8 +486,10 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "DEFAULT_RADIUS_FRACTION",
     "GENERATOR_FORMAT",
+    "DCGANCut",
     "DCGANGenerator",
     "DCGANPrior",
+    "DCGANSettings",
     "face_weights_path",
     "init_dcgan_weights",
     "load_face_dcgan",
