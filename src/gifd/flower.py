@@ -37,18 +37,19 @@ from torch import Tensor
 
 from gifd.attacks import ATTACKS
 from gifd.attacks.labels import check_label_inference
-from gifd.client import Update, atomic_torch_save, victim_metadata
 from gifd.config import Count, VictimName, build_config
 from gifd.data import ImageSet
 from gifd.device import resolve_device
 from gifd.errors import GifdError, list_some
-from gifd.experiment import MAX_RESOLUTION, AttackPlan, ExperimentConfig, attack_received_update
+from gifd.experiment import attack_received_update
 from gifd.fedavg import LocalTraining
 from gifd.imageio import write_atomically
+from gifd.plan import MAX_RESOLUTION, AttackPlan, ExperimentConfig
 from gifd.priors import StagedGenerator, create_prior
 from gifd.report import write_audit_report, write_report
 from gifd.results import RESULTS_NAME, validate_results
 from gifd.rundir import read_marker, write_marker
+from gifd.update import Update, atomic_torch_save, victim_metadata
 from gifd.victims import (
     Victim,
     create_victim,
