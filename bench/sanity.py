@@ -32,7 +32,8 @@ import torch
 
 from common import write_json
 from gifd.errors import GifdError
-from gifd.experiment import ExperimentConfig, run_experiment, versions
+from gifd.experiment import ExperimentConfig, run_experiment
+from gifd.results import versions
 from gifd.runtime import reuse_large_allocations
 
 #: The check this benchmark exists for: IG on LeNet (full schedule) must beat this mean PSNR.

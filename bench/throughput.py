@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from common import write_json
-    from gifd.experiment import versions
+    from gifd.results import versions
 
     started = datetime.now(timezone.utc)
     load_before = os.getloadavg()

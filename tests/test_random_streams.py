@@ -15,7 +15,8 @@ import torch
 from gifd.attacks import ATTACKS
 from gifd.attacks.gifd import GIFD
 from gifd.device import derived_generator, derived_seed
-from gifd.experiment import UPDATE_FILE, experiment_config, run_experiment
+from gifd.experiment import experiment_config, run_experiment
+from gifd.rundir import UPDATE_FILE
 from gifd.victims import create_victim
 from tolerances import kernel_rtol
 

@@ -282,10 +282,10 @@ def _calibrate(
     from gifd.attacks.gifd import GIFD, GIFDConfig
     from gifd.client import weights_fingerprint
     from gifd.device import resolve_device
-    from gifd.experiment import versions
     from gifd.metrics.image import psnr
     from gifd.priors import create_prior
     from gifd.priors.dcgan import radii_from_feature_norms
+    from gifd.results import versions
     from gifd.victims import create_victim
 
     if echo is None:

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from gifd.client import Update, check_batch, victim_metadata
 from gifd.errors import GifdError
+from gifd.update import Update, check_batch, victim_metadata
 from gifd.victims import Victim
 
 #: Written into an update's metadata: what the delta's sign means.

@@ -12,12 +12,23 @@ than this gifd knows is refused with the fix (upgrade gifd).
 from __future__ import annotations
 
 import json
+import platform
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+import gifd
 from gifd.errors import GifdError
+
+if TYPE_CHECKING:
+    from gifd.data import ImageSet
+    from gifd.defenses import Defense
+    from gifd.plan import ExperimentConfig
 
 #: The results.json format this gifd writes (and the newest it reads).
 RESULTS_VERSION = 2
@@ -187,3 +198,75 @@ def read_results(path: Path, run_dir: Path) -> RunResults:
     if not isinstance(raw, dict):
         raise GifdError(f"{path} is not a gifd results file: pass the --out directory of a `gifd attack` run")
     return validate_results(raw, str(path))
+
+
+def run_results(
+    config: ExperimentConfig,
+    device: torch.device,
+    private: ImageSet | None,
+    batches: list[dict[str, Any]],
+    defense: Defense,
+) -> dict[str, Any]:
+    """The results dict of a run: config, provenance, per-batch and per-attack results."""
+    return {
+        "version": RESULTS_VERSION,
+        "config": config.model_dump(mode="json"),
+        "seed": config.seed,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "device": str(device),
+        "images": None if private is None else {"source": private.source, "names": private.names},
+        "inferred_labels": [label for b in batches for label in b["inferred_labels"]],
+        "batches": batches,
+        "attacks": {name: attack_totals(name, batches) for name in config.attacks},
+        "defense": {
+            "spec": defense.spec(),
+            "description": defense.describe(),
+            "knowledge": config.defense_knowledge,
+            "utility_cost": mean_utility_cost([b.get("utility_cost") for b in batches]),
+        },
+    }
+
+
+def attack_totals(name: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-image metric values of one attack over all batches, their means, time and steps."""
+    per_image: dict[str, list[float | None]] = {}
+    for batch in batches:
+        scored = batch["attacks"][name].get("metrics") or {"per_image": {}}  # none without the truth
+        for metric, values in scored["per_image"].items():
+            per_image.setdefault(metric, []).extend(values)
+    means = {m: mean_or_none(v) for m, v in per_image.items()}
+    runs = [b["attacks"][name] for b in batches]
+    return {
+        **means,
+        "per_image": per_image,
+        "seconds": round(sum(r["seconds"] for r in runs), 3),
+        "steps": runs[0]["steps"],
+        "gradient_loss": [r["gradient_loss"] for r in runs],
+    }
+
+
+def mean_utility_cost(costs: list[dict[str, float] | None]) -> dict[str, float] | None:
+    """Mean of each utility-cost measure over the batches (None without a defense)."""
+    present = [c for c in costs if c is not None]
+    if not present:
+        return None
+    return {key: float(np.mean([c[key] for c in present])) for key in present[0]}
+
+
+def mean_or_none(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None]
+    if len(finite) < len(values):  # an infinite PSNR (exact reconstruction) is reported as None
+        return None
+    return float(np.mean(finite))
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a run."""
+    return {
+        "gifd": gifd.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }

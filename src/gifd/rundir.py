@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from gifd.errors import GifdError
-from gifd.imageio import write_atomically
+from gifd.imageio import save_grid, save_image, write_atomically
+from gifd.update import Update, save_update
 
 #: The marker's file name inside a directory gifd wrote.
 MARKER = "gifd-run.json"
@@ -116,3 +120,69 @@ def check_replaceable(out: Path, kind: Kind, flag: str = "--out") -> None:
         raise GifdError(
             f"{flag} {out} cannot be created ({parent}: {exc.strerror}): pass another path"
         ) from None
+
+
+def write_run(
+    out: Path,
+    results: dict[str, Any],
+    originals: torch.Tensor | None,
+    reconstructions: dict[str, torch.Tensor],
+    stage_images: dict[str, dict[int, torch.Tensor]] | None = None,
+    update: Update | None = None,
+) -> None:
+    """Write results.json and image grids into `out`, all or nothing.
+
+    `originals` None (an audit without the private images) writes the reconstructions alone;
+    `update` (an attacked update the server received) is saved as update.pt.
+
+    `stage_images[attack][stage]` (staged attacks) are the best images after each stage, saved as
+    images/<attack>_stage<S>_NNN.png for the report's stage progression.
+
+    Everything goes into a staging directory beside `out`, which then replaces `out` (an earlier
+    run there is moved aside first and deleted last, so there is always one complete run). `out`
+    must be new, empty or a gifd run holding only gifd's files (`gifd.rundir`).
+    """
+    out = out.resolve()
+    check_replaceable(out, "run")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as exc:
+        raise GifdError(f"cannot write to --out {out}: {exc.strerror}") from exc
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    try:
+        (staging / "images").mkdir()
+        count = next(iter(reconstructions.values())).shape[0] if originals is None else originals.shape[0]
+        nrow = min(8, count)
+        if originals is not None:
+            save_grid(originals, staging / "originals.png", nrow=nrow)
+            for i, image in enumerate(originals):
+                save_image(image, staging / "images" / f"original_{i:03d}.png")
+        for name, images in reconstructions.items():
+            save_grid(images, staging / f"{name}.png", nrow=nrow)
+            for i, image in enumerate(images):
+                save_image(image, staging / "images" / f"{name}_{i:03d}.png")
+        for name, by_stage in (stage_images or {}).items():
+            for stage, images in by_stage.items():
+                for i, image in enumerate(images):
+                    save_image(image, staging / stage_image_name(name, stage, i))
+        if update is not None:
+            save_update(update, staging / UPDATE_FILE)
+        (staging / "results.json").write_text(json.dumps(results, indent=2))
+        write_marker(staging, "run", files_below(staging))
+        if out.exists():
+            os.replace(out, old)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+#: File name, inside a run directory, of the attacked update when it was given (gifd format).
+UPDATE_FILE = "update.pt"

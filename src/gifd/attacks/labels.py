@@ -33,9 +33,9 @@ import torch
 from scipy.optimize import linprog
 from torch import Tensor
 
-from gifd.client import Update
 from gifd.errors import GifdError
 from gifd.fedavg import LocalTraining
+from gifd.update import Update
 from gifd.victims import Victim
 
 LabelRule = Literal["unique", "count", "paper"]

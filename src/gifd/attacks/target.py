@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gifd.client import Update, validate_update
 from gifd.defenses import Defense
 from gifd.errors import GifdError
+from gifd.update import Update, validate_update
 from gifd.victims import Victim
 
 

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from gifd.client import Update
 from gifd.defenses.base import ClientContext, Compose, Defense, as_list
 from gifd.defenses.parsing import parse_defense
 from gifd.errors import GifdError
+from gifd.update import Update
 from gifd.victims import Victim
 
 

@@ -1,21 +1,5 @@
-"""Audit a Flower federated training: attack the client updates a strategy receives.
-
-`audit_strategy(strategy, audit)` wraps any Flower strategy, of the Message API
-(`flwr.serverapp.strategy.Strategy`: configure_train / aggregate_train with ArrayRecords) or of the
-legacy API (`flwr.server.strategy.Strategy`: configure_fit / aggregate_fit with Parameters). The
-wrapper records the global model sent to each client, and when the client's reply arrives it
-hands (global model, reply, reported metadata) to a `FlowerAudit`, then lets the wrapped strategy
-aggregate the replies exactly as it would have. The audit turns each reply into a gifd FedAvg
-`Update` (delta = reply - global model) and attacks it in a background thread, so the round is
-not stalled; each attacked client becomes a gifd run under out/round_RRR/client_ID, and
-out/audit.json and out/report.html list every client the audit saw, updated as attacks finish.
-
-What the client reports (Flower metrics of its reply, or the train config the server sent) is
-read under the keys of `AuditConfig.keys`: examples, epochs or steps, batch size, learning rate,
-shuffle seed, and its input normalisation (mean and std). A client whose normalisation differs from
-the attacker's is never attacked with the wrong constants: the audit adopts the client's (default)
-or skips it, and says so in the report.
-"""
+"""The audit: it receives (global model, reply, report) per client, turns each reply into a FedAvg
+`Update` and attacks it in a background thread, writing one gifd run per attacked client."""
 
 from __future__ import annotations
 
@@ -24,31 +8,38 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from gifd.attacks import ATTACKS
 from gifd.attacks.labels import check_label_inference
-from gifd.client import Update, atomic_torch_save, victim_metadata
-from gifd.config import Count, VictimName, build_config
 from gifd.data import ImageSet
 from gifd.device import resolve_device
 from gifd.errors import GifdError, list_some
-from gifd.experiment import MAX_RESOLUTION, AttackPlan, ExperimentConfig, attack_received_update
-from gifd.fedavg import LocalTraining
+from gifd.experiment import attack_received_update
+from gifd.flower.config import ARCHITECTURE_FIX, GLOBAL_MODEL_FILE, KEY_FIX, AuditConfig
+from gifd.flower.records import (
+    ClientRound,
+    Pending,
+    Screened,
+    SkipError,
+    as_tensor,
+    plain_values,
+    reported_integer,
+    reported_training,
+    reported_triple,
+)
 from gifd.imageio import write_atomically
-from gifd.priors import StagedGenerator, create_prior
+from gifd.plan import AttackPlan, ExperimentConfig
+from gifd.priors import StagedGenerator
 from gifd.report import write_audit_report, write_report
 from gifd.results import RESULTS_NAME, validate_results
 from gifd.rundir import read_marker, write_marker
+from gifd.update import Update, atomic_torch_save, victim_metadata
 from gifd.victims import (
     Victim,
     create_victim,
@@ -57,118 +48,11 @@ from gifd.victims import (
     same_normalization,
 )
 
-try:
-    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-    from flwr.common import FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
-    from flwr.server.client_manager import ClientManager
-    from flwr.server.client_proxy import ClientProxy
-    from flwr.server.strategy import Strategy as LegacyStrategy
-    from flwr.serverapp import Grid
-    from flwr.serverapp.strategy import Strategy
-    from flwr.serverapp.strategy.result import Result
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise GifdError(
-        "gifd.flower needs Flower: install it with pip install 'gifd[flower]' (flwr[simulation]==1.42.0)"
-    ) from exc
-
-log = logging.getLogger(__name__)
-
-_KEY_FIX = ": have the clients report it, or map their key with AuditConfig.keys"
-_ARCHITECTURE_FIX = (
-    "audit the architecture the federation trains (AuditConfig.victim / resolution / num_classes)"
-)
-
-#: Where the audit reads each local-training fact in a client's metrics or the train config.
-DEFAULT_KEYS: dict[str, str] = {
-    "num_examples": "num-examples",
-    "epochs": "local-epochs",
-    "local_steps": "local-steps",
-    "local_batch_size": "batch-size",
-    "local_lr": "lr",
-    "shuffle_seed": "shuffle-seed",
-    "mean": "norm-mean",
-    "std": "norm-std",
-}
-
-#: File name, inside a round's directory, of the global model the server sent (a state dict).
-GLOBAL_MODEL_FILE = "global_model.pt"
-
-
-class AuditConfig(AttackPlan):
-    """What to attack and how: the model the federation trains, the attacks, which rounds/clients."""
-
-    #: The trained model, as a gifd victim (architecture, input side, classes, normalisation):
-    #: a built-in name or your own MODULE:FACTORY (see gifd.victims). Its weights are the global
-    #: model of each round; the update's metadata records the name, so `gifd attack --update` finds it.
-    victim: VictimName = "lenet"
-    resolution: Annotated[int, Field(ge=8, le=MAX_RESOLUTION)] = 32
-    num_classes: Annotated[int, Field(ge=2)] = 10
-    normalization: str = "imagenet"
-    attacks: list[str] = Field(default_factory=lambda: ["gifd"])
-    #: Rounds to attack (None: every round) and at most this many clients per round (None: all).
-    rounds: list[Count] | None = None
-    clients_per_round: Count | None = None
-    #: Clients that trained on more examples than this are not attacked (inversion of a large
-    #: local data set in one update is out of reach); they are listed as skipped.
-    max_examples: Count = 16
-    #: A client reporting another normalisation than `normalization`: attack with the client's
-    #: constants ("adopt") or do not attack it ("skip"). Either way the report says so.
-    on_normalization_mismatch: Literal["adopt", "skip"] = "adopt"
-    #: Metric / config keys the clients use (see DEFAULT_KEYS); give only the ones that differ.
-    keys: dict[str, str] = Field(default_factory=dict)
-
-    def key(self, name: str) -> str:
-        """The Flower key under which the clients report `name`."""
-        return self.keys.get(name, DEFAULT_KEYS[name])
-
-
-def audit_config(values: Mapping[str, Any], source: str = "audit config") -> AuditConfig:
-    """Validate settings into an AuditConfig (one-line errors naming the key)."""
-    config = build_config(AuditConfig, dict(values), source)  # attacks checked by AttackPlan
-    unknown = sorted(set(config.keys) - set(DEFAULT_KEYS))
-    if unknown:
-        raise GifdError(
-            f"{source}: unknown keys entries {list_some(unknown)}: use some of {', '.join(DEFAULT_KEYS)}"
-        )
-    return config
-
-
-@dataclass
-class ClientRound:
-    """One client's participation in one round, as the server saw it."""
-
-    round: int
-    client: str
-    global_state: dict[str, Tensor]
-    client_state: dict[str, Tensor]
-    #: The train config the server sent, overridden by the metrics the client reported.
-    reported: dict[str, Any]
-
-
 #: (round, client, reported metadata) -> the client's private images with labels, or None.
 #: Only a simulation knows them; with them the audit scores the reconstructions.
 TruthFn = Callable[[int, str, Mapping[str, Any]], ImageSet | None]
 
-
-@dataclass
-class _Pending:
-    """What the server sent one client, until its reply arrives."""
-
-    state: dict[str, Tensor] | None
-    config: dict[str, Any]
-    #: Why the sent model cannot be audited (the reply then gets a "failed" record).
-    error: str | None = None
-
-
-@dataclass
-class _Screened:
-    """What the server-thread checks of a reply established (see `FlowerAudit._screen`)."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    examples: int
-    training: LocalTraining
-    warnings: list[str]
+log = logging.getLogger("gifd.flower")
 
 
 class FlowerAudit:
@@ -219,7 +103,7 @@ class FlowerAudit:
         self.truth = truth
         self.progress = progress
         self.records: list[dict[str, Any]] = []
-        self._pending: dict[tuple[int, str], _Pending] = {}
+        self._pending: dict[tuple[int, str], Pending] = {}
         #: The last model object `sent` converted, and its tensors (one conversion per round).
         self._last_sent: tuple[Any, dict[str, Tensor]] | None = None
         self._futures: list[Future[None]] = []
@@ -246,14 +130,14 @@ class FlowerAudit:
         try:
             if self._last_sent is None or self._last_sent[0] is not state:
                 self._last_sent = (state, self._named(state, "global model"))
-            self._pending[(server_round, client)] = _Pending(self._last_sent[1], dict(config))
+            self._pending[(server_round, client)] = Pending(self._last_sent[1], dict(config))
         except GifdError as exc:
-            self._pending[(server_round, client)] = _Pending(None, dict(config), error=str(exc))
+            self._pending[(server_round, client)] = Pending(None, dict(config), error=str(exc))
 
     def refused(self, server_round: int, client: str, reason: str) -> None:
         """Record that `client`'s message of `server_round` cannot be audited, and why."""
         if self._wanted_round(server_round):
-            self._pending[(server_round, client)] = _Pending(None, {}, error=reason)
+            self._pending[(server_round, client)] = Pending(None, {}, error=reason)
 
     def received(
         self,
@@ -273,13 +157,13 @@ class FlowerAudit:
                 raise GifdError(pending.error)
             quota = self.config.clients_per_round
             if quota is not None and self._attacked_in(server_round) >= quota:
-                raise _SkipError(f"clients_per_round={quota} reached")
+                raise SkipError(f"clients_per_round={quota} reached")
             assert pending.state is not None
             job = ClientRound(
                 server_round, client, pending.state, self._named(state, "client reply"), reported
             )
             screened = self._screen(job)
-        except _SkipError as exc:
+        except SkipError as exc:
             self._finish(record, "skipped", str(exc))
             return
         except GifdError as exc:
@@ -325,7 +209,7 @@ class FlowerAudit:
         return records
 
     # ------------------------------------------------------------------ the attack of one client
-    def _attack(self, job: ClientRound, record: dict[str, Any], screened: _Screened) -> None:
+    def _attack(self, job: ClientRound, record: dict[str, Any], screened: Screened) -> None:
         fields: dict[str, Any] = {"warnings": screened.warnings}  # applied to the record when done
         try:
             victim, update, config = self._prepare(job, screened)
@@ -368,29 +252,29 @@ class FlowerAudit:
             log.exception("gifd audit of client %s in round %s failed", job.client, job.round)
             self._finish(record, "failed", f"{exc.__class__.__name__}: {exc}", fields=fields, report=True)
 
-    def _screen(self, job: ClientRound) -> _Screened:
+    def _screen(self, job: ClientRound) -> Screened:
         """The cheap checks of a reply, on the server's thread as it arrives: what the client
         reported (normalisation, examples, local training) and whether the options allow the attack.
 
-        Raises `_SkipError` (a GifdError) when they rule the attack out.
+        Raises `SkipError` (a GifdError) when they rule the attack out.
         """
         warnings: list[str] = []
         reported = job.reported
         mean, std = self._normalization(reported, warnings)
-        examples = _integer(reported, self.config.key("num_examples"))
+        examples = reported_integer(reported, self.config.key("num_examples"))
         if examples is None:
-            raise _SkipError(
-                f"the client did not report its example count under {self.config.key('num_examples')!r}{_KEY_FIX}"
+            raise SkipError(
+                f"the client did not report its example count under {self.config.key('num_examples')!r}{KEY_FIX}"
             )
         if examples > self.config.max_examples:
-            raise _SkipError(
+            raise SkipError(
                 f"{examples} examples exceed max_examples={self.config.max_examples}: "
                 "one update of that many images is beyond inversion; raise max_examples to try"
             )
-        training = self._local_training(reported, examples, warnings)
-        return _Screened(mean, std, examples, training, warnings)
+        training = reported_training(self.config, reported, examples, warnings)
+        return Screened(mean, std, examples, training, warnings)
 
-    def _prepare(self, job: ClientRound, screened: _Screened) -> tuple[Victim, Update, ExperimentConfig]:
+    def _prepare(self, job: ClientRound, screened: Screened) -> tuple[Victim, Update, ExperimentConfig]:
         """The victim at the global model, the client's FedAvg update and the attack config (in the
         worker: the model copy, the delta and the weights fingerprint grow with the model).
 
@@ -399,7 +283,7 @@ class FlowerAudit:
         mean, std, examples, warnings = screened.mean, screened.std, screened.examples, screened.warnings
         model = copy.deepcopy(self.victim.model)
         load_victim_state(
-            model, job.global_state, self.victim.name, "the global model's tensors", _ARCHITECTURE_FIX
+            model, job.global_state, self.victim.name, "the global model's tensors", ARCHITECTURE_FIX
         )
         victim = dataclasses.replace(self.victim, model=model, mean=mean, std=std)
         names = [name for name, _ in victim.named_parameters()]
@@ -475,7 +359,7 @@ class FlowerAudit:
         """The normalisation to attack with: the attacker's, unless the client reports another."""
         ours = (tuple(self.victim.mean), tuple(self.victim.std))
         mean_key, std_key = self.config.key("mean"), self.config.key("std")
-        mean, std = _triple(reported, mean_key), _triple(reported, std_key)
+        mean, std = reported_triple(reported, mean_key), reported_triple(reported, std_key)
         if mean is None or std is None:
             warnings.append(
                 f"the client did not report its normalisation ({mean_key!r}, {std_key!r}); "
@@ -489,45 +373,9 @@ class FlowerAudit:
             f"the audit config says {self.config.normalization} (mean {list(ours[0])} std {list(ours[1])})"
         )
         if self.config.on_normalization_mismatch == "skip":
-            raise _SkipError(mismatch + "; not attacked (on_normalization_mismatch=skip)")
+            raise SkipError(mismatch + "; not attacked (on_normalization_mismatch=skip)")
         warnings.append(mismatch + "; attacked with the client's constants (on_normalization_mismatch=adopt)")
         return mean, std
-
-    def _local_training(
-        self, reported: Mapping[str, Any], examples: int, warnings: list[str]
-    ) -> LocalTraining:
-        key = self.config.key
-        lr = reported.get(key("local_lr"))
-        if not isinstance(lr, int | float) or isinstance(lr, bool):
-            raise _SkipError(
-                f"the client did not report its learning rate under {key('local_lr')!r}{_KEY_FIX}"
-            )
-        epochs, steps = _integer(reported, key("epochs")), _integer(reported, key("local_steps"))
-        if epochs is None and steps is None:
-            raise _SkipError(
-                f"the client reported neither local epochs ({key('epochs')!r}) nor steps ({key('local_steps')!r})"
-                f"{_KEY_FIX}"
-            )
-        batch = _integer(reported, key("local_batch_size"))
-        if batch is None:
-            warnings.append(
-                f"no local batch size ({key('local_batch_size')!r}) reported: assumed full-batch steps"
-            )
-        seed = _integer(reported, key("shuffle_seed"))
-        if seed is None and batch is not None and batch < examples:
-            warnings.append(
-                f"no shuffle seed ({key('shuffle_seed')!r}) reported: mini-batches replayed in the data's order"
-            )
-        try:
-            return LocalTraining(
-                local_steps=None if epochs is not None else steps,
-                epochs=epochs,
-                local_lr=float(lr),
-                local_batch_size=None if batch is None else min(batch, examples),
-                shuffle_seed=seed,
-            )
-        except GifdError as exc:
-            raise _SkipError(f"the client's reported local training cannot be replayed: {exc}") from exc
 
     # ------------------------------------------------------------------ bookkeeping
     def _wanted_round(self, server_round: int) -> bool:
@@ -539,7 +387,7 @@ class FlowerAudit:
         if isinstance(state, Mapping) and [str(k) for k in state] == [str(i) for i in range(len(state))]:
             state = list(state.values())
         if isinstance(state, Mapping):
-            named = {str(k): _tensor(v) for k, v in state.items()}
+            named = {str(k): as_tensor(v) for k, v in state.items()}
         else:
             arrays = list(state)
             if len(arrays) != len(self._state_names):
@@ -548,18 +396,19 @@ class FlowerAudit:
                     f"{len(self._state_names)} state entries: send the model as "
                     "[v.numpy() for v in model.state_dict().values()] of the audited architecture"
                 )
-            named = {n: _tensor(a) for n, a in zip(self._state_names, arrays, strict=True)}
+            named = {n: as_tensor(a) for n, a in zip(self._state_names, arrays, strict=True)}
         missing = [n for n, _ in self.victim.named_parameters() if n not in named]
         if missing:
             raise GifdError(
                 f"the {what} lacks parameters {list_some(missing)} of victim {self.victim.name!r}: "
-                f"{_ARCHITECTURE_FIX}"
+                f"{ARCHITECTURE_FIX}"
             )
         return named
 
     def _prior_for(self, config: ExperimentConfig) -> StagedGenerator | None:
-        if self._prior is None and any(ATTACKS.get(a).needs_prior for a in config.attacks):
-            self._prior = create_prior(config.prior, config.prior_weights, self.device, config.prior_settings)
+        """The plan's prior, loaded once for the whole audit."""
+        if self._prior is None:
+            self._prior = config.load_prior(self.device)
         return self._prior
 
     def _new_record(self, server_round: int, client: str, reported: Mapping[str, Any]) -> dict[str, Any]:
@@ -568,7 +417,7 @@ class FlowerAudit:
             "client": client,
             "status": "new",
             "warnings": [],
-            "reported": _plain(reported),
+            "reported": plain_values(reported),
         }
         with self._lock:
             self.records.append(record)
@@ -624,176 +473,3 @@ class FlowerAudit:
                 write_audit_report(self.out, document)
 
 
-class _SkipError(GifdError):
-    """The options or the client's metadata rule this client's attack out (not an error)."""
-
-
-# ---------------------------------------------------------------------------------- strategy wrappers
-class _Wrapper:
-    """Reads of attributes the wrapper lacks go to the wrapped strategy (fraction_train, ...)."""
-
-    def __getattr__(self, name: str) -> Any:
-        strategy = self.__dict__.get("strategy")
-        if strategy is None:
-            raise AttributeError(name)
-        return getattr(strategy, name)
-
-
-class AuditedStrategy(_Wrapper, Strategy):
-    """A Message-API strategy that attacks the updates its wrapped strategy aggregates, unchanged."""
-
-    def __init__(self, strategy: Strategy, audit: FlowerAudit) -> None:
-        self.strategy = strategy
-        self.audit = audit
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        for message in messages:
-            content, client = message.content, str(message.metadata.dst_node_id)
-            settings = {k: v for record in content.config_records.values() for k, v in record.items()}
-            try:
-                sent = _single(content.array_records, "ArrayRecord", "train message")
-            except GifdError as exc:
-                self.audit.refused(server_round, client, str(exc))
-                continue
-            self.audit.sent(server_round, client, sent, settings)
-        return messages
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        for reply in replies:
-            if reply.has_error():
-                continue
-            content, client = reply.content, str(reply.metadata.src_node_id)
-            try:
-                arrays = _single(content.array_records, "ArrayRecord", "train reply")
-            except GifdError as exc:
-                self.audit.refused(server_round, client, str(exc))
-                arrays = {}
-            metrics = {k: v for record in content.metric_records.values() for k, v in record.items()}
-            metrics.update({k: v for record in content.config_records.values() for k, v in record.items()})
-            self.audit.received(server_round, client, arrays, metrics)
-        self.audit.end_round(server_round)
-        return self.strategy.aggregate_train(server_round, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
-
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Result:
-        """The wrapped strategy's training loop; returns once the audit's attacks have finished."""
-        result = super().start(grid, initial_arrays, *args, **kwargs)
-        self.audit.close()
-        return result
-
-
-class AuditedLegacyStrategy(_Wrapper, LegacyStrategy):
-    """A legacy-API strategy (configure_fit / aggregate_fit) that attacks the updates it aggregates."""
-
-    def __init__(self, strategy: LegacyStrategy, audit: FlowerAudit) -> None:
-        self.strategy = strategy
-        self.audit = audit
-
-    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        return self.strategy.initialize_parameters(client_manager)
-
-    def configure_fit(
-        self, server_round: int, parameters: Parameters, client_manager: ClientManager
-    ) -> list[tuple[ClientProxy, FitIns]]:
-        instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
-        for proxy, fit in instructions:
-            self.audit.sent(server_round, str(proxy.cid), parameters_to_ndarrays(fit.parameters), fit.config)
-        return instructions
-
-    def aggregate_fit(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, FitRes]],
-        failures: list[tuple[ClientProxy, FitRes] | BaseException],
-    ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        for proxy, fit in results:
-            reported = {**fit.metrics, self.audit.config.key("num_examples"): fit.num_examples}
-            self.audit.received(
-                server_round, str(proxy.cid), parameters_to_ndarrays(fit.parameters), reported
-            )
-        self.audit.end_round(server_round)
-        return self.strategy.aggregate_fit(server_round, results, failures)
-
-    def configure_evaluate(
-        self, server_round: int, parameters: Parameters, client_manager: ClientManager
-    ) -> Any:
-        return self.strategy.configure_evaluate(server_round, parameters, client_manager)
-
-    def aggregate_evaluate(self, server_round: int, results: Any, failures: Any) -> Any:
-        return self.strategy.aggregate_evaluate(server_round, results, failures)
-
-    def evaluate(self, server_round: int, parameters: Parameters) -> Any:
-        return self.strategy.evaluate(server_round, parameters)
-
-
-def audit_strategy(
-    strategy: Strategy | LegacyStrategy, audit: FlowerAudit
-) -> AuditedStrategy | AuditedLegacyStrategy:
-    """Wrap `strategy` (Message API or legacy) so that `audit` attacks the client updates it receives."""
-    if isinstance(strategy, Strategy):
-        return AuditedStrategy(strategy, audit)
-    if isinstance(strategy, LegacyStrategy):
-        return AuditedLegacyStrategy(strategy, audit)
-    raise GifdError(
-        f"cannot audit a {type(strategy).__name__}: pass a Flower strategy (flwr.serverapp.strategy or "
-        "flwr.server.strategy)"
-    )
-
-
-# ---------------------------------------------------------------------------------- small helpers
-def _single(records: Mapping[str, Any], kind: str, what: str) -> Any:
-    if len(records) != 1:
-        raise GifdError(f"a {what} holds {len(records)} {kind}s, the audit needs exactly one (the model)")
-    return next(iter(records.values()))
-
-
-def _tensor(value: Any) -> Tensor:
-    array = value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray | Tensor) else value
-    if isinstance(array, Tensor):
-        return array.detach().cpu().clone()
-    return torch.from_numpy(np.array(array, copy=True))
-
-
-def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON-representable entries of Flower metrics/config (bytes and the like are left out)."""
-    scalar = str | int | float | bool
-    return {
-        k: v
-        for k, v in values.items()
-        if isinstance(v, scalar) or (isinstance(v, list) and all(isinstance(x, scalar) for x in v))
-    }
-
-
-def _integer(reported: Mapping[str, Any], key: str) -> int | None:
-    value = reported.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        return None
-    return int(value)
-
-
-def _triple(reported: Mapping[str, Any], key: str) -> tuple[float, float, float] | None:
-    """Three floats reported as a list or as comma-separated text (legacy metrics hold scalars)."""
-    value = reported.get(key)
-    if isinstance(value, str):
-        value = value.split(",")
-    try:
-        numbers = tuple(float(v) for v in value)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        return None
-    return numbers if len(numbers) == 3 else None  # type: ignore[return-value]
