@@ -256,13 +256,13 @@ class Setting:
         from gifd.client import compute_update
         from gifd.data import load_images
         from gifd.device import resolve_device
-        from gifd.priors.biggan import load_biggan
+        from gifd.priors import create_prior
         from gifd.victims import create_victim
 
         self.torch = torch
         self.device = resolve_device(args.device)
         weights = random_biggan_checkpoint(Path(args.weights))
-        self.prior = load_biggan(weights).to(self.device)
+        self.prior = create_prior(f"biggan-deep-{PRIOR_SIDE}", weights, self.device)  # as the CLI loads it
         self.victim = create_victim(
             "resnet18", resolution=RESOLUTION, num_classes=NUM_CLASSES, seed=0, device=self.device
         )

@@ -301,6 +301,11 @@ class SNConv2d(_SpectralNormMixin, nn.Module):
         if out_channels is not None:
             weight = weight[:out_channels]
             bias = bias[:out_channels] if bias is not None else None
+        if self.padding == 0 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # channels-last (the CPU layout, see BigGANDeep.channels_last): a Linear over the channels
+            return F.linear(x.permute(0, 2, 3, 1), weight.reshape(weight.shape[0], -1), bias).permute(
+                0, 3, 1, 2
+            )
         if self.padding == 0:  # 1x1
             n, c, height, width = x.shape
             flat = x.reshape(n, c, height * width)
@@ -500,6 +505,10 @@ class BigGANDeep(StagedGenerator):
         self.num_classes = config.num_classes
         self.embeddings = nn.Linear(config.num_classes, config.z_dim, bias=False)
         self.generator = Generator(config)
+        #: Run the feature maps in channels-last memory format on the CPU: oneDNN's convolutions
+        #: then need no layout reorders (same numbers up to float rounding; variables and images
+        #: stay in the standard layout). False: the standard layout everywhere.
+        self.channels_last = True
 
     # ----- structure
 
@@ -612,10 +621,16 @@ class BigGANDeep(StagedGenerator):
         """The image in [-1, 1], (N, 3, resolution, resolution), from `stage`'s variables."""
         self.check_stage(stage)
         condition = self._condition(stage, variables, context)
-        h = self.generator.stem(condition) if stage == 0 else variables["h"]
+        h = self._layout(self.generator.stem(condition) if stage == 0 else variables["h"])
         for index in range(stage, self.num_stages):
             h = self.generator.run_layer(index, h, condition, self.truncation)
-        return self.generator.head(h, self.truncation)
+        return self.generator.head(h, self.truncation).contiguous()
+
+    def _layout(self, h: Tensor) -> Tensor:
+        """`h` in the memory format the layers run in (see `channels_last`)."""
+        if self.channels_last and h.device.type == "cpu":
+            return h.contiguous(memory_format=torch.channels_last)
+        return h
 
     @torch.no_grad()
     def advance(self, stage: int, variables: Variables, context: Context) -> Variables:
@@ -624,9 +639,9 @@ class BigGANDeep(StagedGenerator):
         if stage == self.num_stages - 1:
             raise GifdError(f"BigGAN stage {stage} is the last stage: there is no stage {stage + 1}")
         condition = self._condition(stage, variables, context)
-        h = self.generator.stem(condition) if stage == 0 else variables["h"]
+        h = self._layout(self.generator.stem(condition) if stage == 0 else variables["h"])
         return {
-            "h": self.generator.run_layer(stage, h, condition, self.truncation),
+            "h": self.generator.run_layer(stage, h, condition, self.truncation).contiguous(),
             "z": variables["z"].detach().clone(),
         }
 
