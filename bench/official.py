@@ -445,18 +445,27 @@ def case_line(case: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def profile_gifd(setting: Setting, stage: int, restarts: int, steps: int, path: Path) -> str:
-    """torch.profiler over gifd's stage loop (after one warm-up step); the table by self CPU time."""
+def profile_gifd(setting: Setting, stages: list[int], steps: int, path: Path) -> dict[str, str]:
+    """torch.profiler over gifd's stage loop at R = 1 (after a one-step run as warm-up), per stage:
+    the table by self CPU time, also written to `path`."""
     from torch.profiler import ProfilerActivity, profile
 
-    run_gifd(setting, stage, restarts, 1, seed=0)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if setting.device.type == "cuda" else [])
-    with profile(activities=activities, record_shapes=False) as prof:
-        run_gifd(setting, stage, restarts, steps, seed=0)
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+    tables = {}
+    for stage in stages:
+        run_gifd(setting, stage, 1, 1, seed=0)
+        with profile(activities=activities) as prof:
+            run_gifd(setting, stage, 1, steps, seed=0)
+        tables[f"stage_{stage}"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(table + "\n", encoding="utf-8")
-    return table
+    path.write_text(
+        "".join(
+            f"gifd, stage {k[6:]}, R = 1, {steps} steps + the scoring pass\n{t}\n\n"
+            for k, t in tables.items()
+        ),
+        encoding="utf-8",
+    )
+    return tables
 
 
 # ------------------------------------------------------------------------------------ main
@@ -481,7 +490,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--official-cost", choices=["sim", "sim_cmpr0"], default="sim")
     p.add_argument(
-        "--profile", type=Path, help="also profile gifd's stage 0 at R = 1 and write the table here"
+        "--profile", type=Path, help="also profile gifd's stages at R = 1 and write the tables here"
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/official.json")
     args = p.parse_args(argv)
@@ -526,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             print(lines[-1], flush=True)
     profile_table = None
     if args.profile:
-        profile_table = profile_gifd(setting, 0, 1, args.steps, args.profile)
+        profile_table = profile_gifd(setting, stages, args.steps, args.profile)
     payload = {
         "benchmark": "official",
         "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
