@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from gifd.errors import GifdError
 from gifd.priors import PRIORS, StagedGenerator, create_prior
 from gifd.priors.biggan import PUBLISHED_CONFIGS, BigGANConfig, BigGANDeep, load_biggan
+from tolerances import kernel_rtol
 
 # `layers` of BigGAN128 / BigGAN256 / BigGAN512 in convert_tf_to_pytorch.py ([up-sample, in, out]).
 _LAYERS_128 = [[False, 16, 16], [True, 16, 16], [False, 16, 16], [True, 16, 8], [False, 8, 8],
@@ -413,3 +414,36 @@ def test_registry_entries() -> None:
 
 def test_gias_fine_tune_lr_is_the_published_value(prior_128: BigGANDeep) -> None:
     assert prior_128.gias_finetune_lr() == 1e-5  # Jeon et al. 2021, BigGAN
+
+
+@pytest.mark.parametrize("stage", [0, 6])
+def test_channels_last_layout_equals_the_standard_layout(prior_128: BigGANDeep, stage: int) -> None:
+    # The CPU speed path (feature maps channels-last, 1x1 convolutions as Linears over the
+    # channels) against the standard layout: same images and the same gradient w.r.t. the
+    # stage's variable, up to the float rounding of a different kernel order.
+    labels = torch.tensor([5])
+    context = prior_128.context(labels, 1)
+    start = prior_128.init_latent(1, labels, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for s in range(stage):
+            start = prior_128.advance(s, start, context)
+    key = prior_128.trainable(stage)[0]
+    weights = torch.linspace(-1, 1, 3 * 128 * 128).view(1, 3, 128, 128)
+    results = {}
+    try:
+        for channels_last in (True, False):
+            prior_128.channels_last = channels_last
+            variables = {k: v.clone().requires_grad_(k == key) for k, v in start.items()}
+            image = prior_128(stage, variables, context)
+            (grad,) = torch.autograd.grad((image * weights).sum(), [variables[key]])
+            advanced = prior_128.advance(stage, variables, context)["h"] if stage < 9 else None
+            results[channels_last] = (image.detach(), grad, advanced)
+    finally:
+        prior_128.channels_last = True
+    fast, plain = results[True], results[False]
+    assert fast[0].is_contiguous() and fast[2].is_contiguous()  # variables and images: standard layout
+    # The largest reduction is a 3x3 convolution over 512 channels (4608 terms); ~45 convolutions
+    # deep forward, as many again backward.
+    rtol = kernel_rtol(torch.float32, terms=4608, depth=90)
+    for a, b in zip(fast, plain, strict=True):
+        assert (a - b).norm() <= rtol * b.norm()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.optimize import brentq
 
-from gifd.attacks.projection import project_l1_ball
+from gifd.attacks.projection import project_l1_ball, threshold_by_active_set, threshold_by_sort
 
 
 def reference_projection(v: np.ndarray, radius: float) -> np.ndarray:
@@ -47,3 +47,26 @@ def test_projection_is_the_closest_point_in_the_ball() -> None:
         candidates / candidates.abs().sum(1, keepdim=True) * torch.rand(20000, 1, generator=generator)
     )
     assert (candidates - v).norm(dim=1).min() >= (projected - v).norm() - 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_active_set_threshold_equals_the_sort_threshold(dtype: torch.dtype) -> None:
+    # The CPU path (Michelot's iteration) against the sort path used off the CPU, on feature-map
+    # sized rows (a GIFD stage's h minus its start after a few Adam steps) and on edge cases.
+    generator = torch.Generator().manual_seed(0)
+    v = torch.randn(4, 200_000, generator=generator, dtype=dtype) * 0.05
+    v[3] = 0.25  # all entries equal
+    magnitude = v.abs()
+    radius = torch.tensor([[100.0], [7500.0], [0.0], [1.0]], dtype=dtype)
+    inside = magnitude.sum(1, keepdim=True) <= radius
+    assert not inside.any()
+    by_sort = threshold_by_sort(magnitude, radius)
+    by_active_set = threshold_by_active_set(magnitude, radius, inside)
+    # Both are exact up to float rounding of sums over 2e5 entries (the sort's cumsum is in dtype).
+    scale = float(magnitude.max())
+    tolerance = 4 * (magnitude.shape[1] ** 0.5) * torch.finfo(dtype).eps * scale
+    torch.testing.assert_close(by_active_set, by_sort, rtol=0, atol=tolerance)
+    projected = project_l1_ball(v, radius.squeeze(1))
+    sums = projected.abs().sum(1, dtype=torch.float64)
+    assert (sums[:2] - radius[:2, 0].double()).abs().max() <= 1e-3 * radius[:2].max()
+    assert torch.equal(projected[2], torch.zeros_like(projected[2]))
