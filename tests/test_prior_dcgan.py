@@ -134,18 +134,20 @@ def test_wrong_variables_are_clear_errors(face_prior):
 
 
 def test_default_radii_follow_documented_rule(face_prior, face_state):
-    """radius_i = 0.1 x mean per-sample l1 norm of stage i over 128 latents drawn with seed 0,
-    recomputed here with the functional reference."""
+    """radius_i = 0.5 x F_1 x i (F_1: the mean per-sample l1 norm of stage 1 over 128 latents drawn
+    with seed 0) and 0.1 x the latent's norm for stage 0, recomputed with the functional reference."""
     radii = face_prior.default_radii()
     z = torch.randn(128, 100, generator=torch.Generator().manual_seed(0))
     features, _ = reference_features(face_state, z)
-    expected = [0.1 * z.abs().sum(1).mean().item()]
-    expected += [0.1 * f.flatten(1).abs().sum(1).mean().item() for f in features]
+    norms = [z.abs().sum(1).mean().item()] + [f.flatten(1).abs().sum(1).mean().item() for f in features]
+    expected = [0.1 * norms[0]] + [0.5 * norms[1] * i for i in range(1, len(norms))]
     assert radii == pytest.approx(expected, rel=1e-4)
     assert all(r > 0 for r in radii)
-    # scale-free rule: the radius is proportional to the fraction
+    # the scale-free measurement: proportional to the fraction
+    fractions = radii_from_feature_norms(face_prior, fraction=0.1)
     doubled = radii_from_feature_norms(face_prior, fraction=0.2)
-    assert doubled == pytest.approx([2 * r for r in radii], rel=1e-6)
+    assert fractions == pytest.approx([0.1 * n for n in norms], rel=1e-4)
+    assert doubled == pytest.approx([2 * r for r in fractions], rel=1e-6)
     with pytest.raises(GifdError, match="fraction must be positive"):
         radii_from_feature_norms(face_prior, fraction=0.0)
 

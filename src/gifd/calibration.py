@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gifd.attacks.labels import LabelRule
 from gifd.config import Count, DeviceName, Index, Seed, VictimName, build_config
 from gifd.errors import GifdError
+from gifd.priors.base import linear_radii
 
 if TYPE_CHECKING:
     import torch
@@ -104,7 +105,7 @@ class Schedule:
         assert self.value is not None
         if self.kind == "fraction":
             return [stage0] + [self.value * n for n in norms[1:]]
-        return [stage0] + [self.value * norms[1] * i for i in range(1, len(norms))]
+        return linear_radii(norms, self.value, stage0)
 
 
 def _is_evaluation_set(spec: str) -> bool:

@@ -199,3 +199,10 @@ def create_prior(
     if device is not None:
         prior.to(device)
     return prior
+
+
+def linear_radii(norms: list[float], step: float, stage0: float) -> list[float]:
+    """The official GIFD shape, scaled by a prior's own features: radius_i = `step` x norms[1] x i
+    for each feature stage i >= 1 (the absolute room grows by a constant per stage, so the room
+    relative to a deeper, larger feature shrinks); `stage0` for the latent stage."""
+    return [stage0] + [step * norms[1] * i for i in range(1, len(norms))]

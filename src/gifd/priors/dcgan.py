@@ -17,16 +17,19 @@ this z is Gaussian in the same way. BatchNorm always uses its running statistics
 eval mode even if `.train()` is called), so a sample never depends on the rest of its batch.
 
 Radii: the official GIFD radii (BigGAN 2000..7500) are absolute l1 norms for BigGAN's own feature
-maps (2048 channels at 4x4 and up, unknown magnitudes) and carry no meaning for other generators. A
-scale-free rule is used instead, `radii_from_feature_norms`: radius_i = fraction x the mean per-sample
-l1 norm of stage i's variables, measured once on random latents with a fixed seed. Multiplying a
-feature map by a constant multiplies its radius by the same constant, a stage with more elements
-gets a proportionally larger ball, and no foreign feature sizes enter. With the default fraction 0.1
-a stage may move its feature by at most a tenth of a typical feature's total magnitude, i.e. stay
-near the generator's range while still able to fit details. Measured on the face prior (fitting a
-64-px photo crop by pixel loss, starting from the best latent, 150 Adam steps per stage): fraction
-0.1 gains 1.4-3.5 dB PSNR over the latent stage, 0.3 gains 9-19 dB and 1.0 13-32 dB, i.e. with
-0.3 and above the later stages can fit almost any image and the prior stops acting as one.
+maps and carry no meaning for other generators, so the schedule is scaled by the prior's own
+features: with F_i the mean per-sample l1 norm of stage i's variables (measured once on random
+latents with a fixed seed, `radii_from_feature_norms`), the default is the official shape
+radius_i = 0.5 x F_1 x i (`linear_radii`): the absolute room grows by a constant per stage, so the
+room relative to a deeper, larger feature shrinks. The constant 0.5 comes from `gifd calibrate` on
+public calibration images (digiface-dcgan64, ConvNet at 64 px; bench/README.md), where it beat the
+former rule (0.1 x F_i per stage) and no ball; a calibration for another victim writes its own
+radii file. The latent stage keeps 0.1 x its norm (unused: z stays on its sphere).
+
+Stage cut (`cut` setting): by default a stage is the block's output after BatchNorm + ReLU, as in
+the generator's own modules. That calibration measured the cut after BatchNorm (before the ReLU,
+where no entry is clamped to zero) too, and the ReLU cut won (19.1 dB against 17.3 dB mean PSNR),
+so it stays the default; "batchnorm" and "conv" remain settings for other victims and priors.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from gifd.errors import GifdError, load_torch_file
-from gifd.priors.base import Context, PriorEntry, StagedGenerator, Variables, register_prior
+from gifd.priors.base import Context, PriorEntry, StagedGenerator, Variables, linear_radii, register_prior
 
 #: Output sides the architecture supports (4x4 after the first block, doubled per block).
 SUPPORTED_RESOLUTIONS = (32, 64)
-#: Default fraction of the typical per-sample l1 norm of a stage used as its l1-ball radius.
+#: Fraction of the latent's typical l1 norm used as the latent stage's radius (unused by GIFD).
 DEFAULT_RADIUS_FRACTION = 0.1
+#: The calibrated step of the default linear schedule: radius_i = 0.5 x F_1 x i (see the module doc).
+DEFAULT_RADIUS_STEP = 0.5
 #: Number of random latents over which feature norms are averaged for the radii.
 DEFAULT_RADIUS_SAMPLES = 128
 #: Seed of the latents drawn to measure the radii (fixed so the radii are a property of the weights).
@@ -270,9 +275,10 @@ class DCGANPrior(StagedGenerator):
             return {"h": self.net.block(stage + 1, x, end=self._cut_layers)}
 
     def default_radii(self) -> list[float]:
-        """Radius per stage = 0.1 x the mean per-sample l1 norm of the stage (measured once)."""
+        """The calibrated linear schedule 0.5 x F_1 x i (see the module doc; measured once)."""
         if self._radii is None:
-            self._radii = radii_from_feature_norms(self)
+            norms = radii_from_feature_norms(self, fraction=1.0)
+            self._radii = linear_radii(norms, DEFAULT_RADIUS_STEP, DEFAULT_RADIUS_FRACTION * norms[0])
         return list(self._radii)
 
 
