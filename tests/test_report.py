@@ -281,7 +281,8 @@ def test_a_failed_rebuild_keeps_the_previous_report(run_copy: Path, monkeypatch:
     def broken(*args: object) -> str:
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr(gifd.report, "curves_section", broken)
+    sections = [broken if s is gifd.report.curves_section else s for s in gifd.report.SECTIONS]
+    monkeypatch.setattr(gifd.report, "SECTIONS", sections)
     with pytest.raises(RuntimeError):
         write_report(run_copy)
     assert (run_copy / REPORT_NAME).read_bytes() == previous

@@ -29,6 +29,10 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` (a plug-in's or a test's registration; a missing name is a KeyError)."""
+        del self._factories[name]
+
     def get(self, name: str) -> Callable[..., T]:
         """The factory called `name`; an unknown name is a GifdError listing the known ones."""
         if name not in self._factories:

@@ -11,11 +11,12 @@ The report only reads: it never re-runs an attack, so it can be rebuilt any time
 
 Modules: `view` reads and checks a run directory, `sections` and `plots` render the parts of a
 run's report, `audit` the report of a Flower audit, `html` the shared page helpers. A new section
-is a function of a `RunView` returning HTML, listed in `render_report`.
+is a function of a `RunView` returning HTML, listed in `SECTIONS`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from gifd.rundir import REPORT_NAME, record_files, stage_image_name
 __all__ = [
     "MIN_IMAGE_SIDE",
     "REPORT_NAME",
+    "SECTIONS",
     "RunView",
     "load_results",
     "render_audit_report",
@@ -38,6 +40,18 @@ __all__ = [
     "stage_image_name",
     "write_audit_report",
     "write_report",
+]
+
+
+#: The sections of a run's report, in page order: each a function of a `RunView` returning HTML
+#: ("" to leave itself out). A new section is a function here (or appended by a plug-in).
+SECTIONS: list[Callable[[RunView], str]] = [
+    header_section,
+    metrics_section,
+    grid_section,
+    stages_section,
+    curves_section,
+    footer_section,
 ]
 
 
@@ -54,13 +68,6 @@ def write_report(run_dir: str | Path) -> Path:
 def render_report(results: RunResults | dict[str, Any], run_dir: str | Path) -> str:
     """The report's HTML text; PNGs are read from `run_dir` (missing ones become placeholders)."""
     run = RunView(results, Path(run_dir))
-    sections = [
-        header_section(run),
-        metrics_section(run),
-        grid_section(run),
-        stages_section(run),
-        curves_section(run),
-        footer_section(run),
-    ]
+    sections = [section(run) for section in SECTIONS]
     title = f"gifd report: {', '.join(run.attacks)} on {run.config.get('victim', '?')}"
     return html_page(title, sections)

@@ -79,7 +79,7 @@ def _loss_plot(run: RunView, attack: str) -> tuple[str | None, str]:
             axes.yaxis.set_minor_formatter(plain)
             axes.tick_params(axis="y", which="minor", labelsize=8)
     last_step = max(max(steps) for _, _, steps, _, _ in curves)
-    axes.set_xlim(0, last_step * 1.03)
+    axes.set_xlim(0, max(last_step, 1) * 1.03)  # an attack logged only at step 0 still gets an axis
     boundaries, estimated = stage_boundaries(run, attack)
     for step in boundaries:
         axes.axvline(step, color="0.45", linestyle=":", linewidth=1.0)
