@@ -231,7 +231,7 @@ class GIFD(GenerativeAttack):
                 "(run_experiment does): call it first, or pass radii as a list or a `gifd calibrate` file"
             )
         if isinstance(radii, str):
-            from gifd.calibration import load_radii
+            from gifd.radii import load_radii
 
             radii = load_radii(radii, self.prior)
         elif radii is None:

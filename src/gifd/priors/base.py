@@ -4,6 +4,10 @@ GIFD starts the generator from any intermediate layer. Stage 0 holds the latent 
 w+ and noise maps); stage i >= 1 holds the output of module i (plus, for StyleGAN2, the w+ and the
 noise maps still used after it). Attacks depend only on this interface, so a new generator is one
 class and no attack changes.
+
+Also here: the prior registry (`register_prior`, `create_prior`) and the generic radius helpers
+that scale an l1-ball schedule by a prior's own features (`radii_from_feature_norms`,
+`linear_radii`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ Context = dict[str, Tensor]
 #: GIAS fine-tune: Adam's step relative to the RMS of the generator's weights (the weight-scale
 #: rule of `StagedGenerator.gias_finetune_lr`).
 FINETUNE_RELATIVE_STEP = 2.5e-3
+#: Fraction of a stage's typical l1 norm that `radii_from_feature_norms` gives as its radius by
+#: default (DCGAN priors keep it for their latent stage, unused by GIFD).
+DEFAULT_RADIUS_FRACTION = 0.1
+#: Number of random latents over which feature norms are averaged for the radii.
+DEFAULT_RADIUS_SAMPLES = 128
+#: Seed of the latents drawn to measure the radii (fixed so the radii are a property of the weights).
+RADIUS_SEED = 0
 
 
 class StagedGenerator(nn.Module, ABC):
@@ -206,3 +217,49 @@ def linear_radii(norms: list[float], step: float, stage0: float) -> list[float]:
     for each feature stage i >= 1 (the absolute room grows by a constant per stage, so the room
     relative to a deeper, larger feature shrinks); `stage0` for the latent stage."""
     return [stage0] + [step * norms[1] * i for i in range(1, len(norms))]
+
+
+_RADII_CACHE: dict[tuple[Any, ...], list[float]] = {}
+
+
+def radii_from_feature_norms(
+    prior: StagedGenerator,
+    fraction: float = DEFAULT_RADIUS_FRACTION,
+    n_samples: int = DEFAULT_RADIUS_SAMPLES,
+    seed: int = RADIUS_SEED,
+) -> list[float]:
+    """l1-ball radius per stage: `fraction` x the mean over `n_samples` random latents (drawn with
+    `seed`) of the per-sample l1 norm of the stage's variables (summed over its variables).
+
+    Scale-free: it depends only on the prior's own features, so it gives any staged generator radii
+    of a comparable relative size. Results are cached per weights when the prior has a
+    `weights_key` attribute (a file path with size and modification time).
+    """
+    if not fraction > 0:
+        raise GifdError(f"radius fraction must be positive, got {fraction}")
+    weights_key = getattr(prior, "weights_key", None)
+    #: A stage cut (e.g. DCGANPrior.cut) changes the features, so it is part of the key.
+    cut = getattr(prior, "cut", None)
+    cache_key = (weights_key, cut, fraction, n_samples, seed) if weights_key is not None else None
+    if cache_key is not None and cache_key in _RADII_CACHE:
+        return list(_RADII_CACHE[cache_key])
+    gen = torch.Generator().manual_seed(seed)
+    labels = None
+    if prior.num_classes is not None:
+        labels = torch.randint(prior.num_classes, (n_samples,), generator=gen).to(prior.device)
+    was_training = prior.training
+    prior.eval()
+    norms: list[float] = []
+    with torch.no_grad():
+        ctx = prior.context(labels, n_samples)
+        variables = prior.init_latent(n_samples, labels, gen)
+        for stage in range(prior.num_stages):
+            if stage > 0:
+                variables = prior.advance(stage - 1, variables, ctx)
+            per_sample = sum(v.flatten(1).abs().sum(1).double() for v in variables.values())
+            norms.append(float(per_sample.mean()))
+    prior.train(was_training)
+    radii = [fraction * n for n in norms]
+    if cache_key is not None:
+        _RADII_CACHE[cache_key] = radii
+    return list(radii)

@@ -44,18 +44,21 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from gifd.errors import GifdError, load_torch_file
-from gifd.priors.base import Context, PriorEntry, StagedGenerator, Variables, linear_radii, register_prior
+from gifd.priors.base import (
+    DEFAULT_RADIUS_FRACTION,
+    Context,
+    PriorEntry,
+    StagedGenerator,
+    Variables,
+    linear_radii,
+    radii_from_feature_norms,
+    register_prior,
+)
 
 #: Output sides the architecture supports (4x4 after the first block, doubled per block).
 SUPPORTED_RESOLUTIONS = (32, 64)
-#: Fraction of the latent's typical l1 norm used as the latent stage's radius (unused by GIFD).
-DEFAULT_RADIUS_FRACTION = 0.1
 #: The calibrated step of the default linear schedule: radius_i = 0.5 x F_1 x i (see the module doc).
 DEFAULT_RADIUS_STEP = 0.5
-#: Number of random latents over which feature norms are averaged for the radii.
-DEFAULT_RADIUS_SAMPLES = 128
-#: Seed of the latents drawn to measure the radii (fixed so the radii are a property of the weights).
-RADIUS_SEED = 0
 
 FACE_PACKAGE = "gan_face_generate"
 FACE_PIP_INSTALL = "pip install --no-deps gan-face-generate==1.1.1"
@@ -280,52 +283,6 @@ class DCGANPrior(StagedGenerator):
             norms = radii_from_feature_norms(self, fraction=1.0)
             self._radii = linear_radii(norms, DEFAULT_RADIUS_STEP, DEFAULT_RADIUS_FRACTION * norms[0])
         return list(self._radii)
-
-
-_RADII_CACHE: dict[tuple[Any, ...], list[float]] = {}
-
-
-def radii_from_feature_norms(
-    prior: StagedGenerator,
-    fraction: float = DEFAULT_RADIUS_FRACTION,
-    n_samples: int = DEFAULT_RADIUS_SAMPLES,
-    seed: int = RADIUS_SEED,
-) -> list[float]:
-    """l1-ball radius per stage: `fraction` x the mean over `n_samples` random latents (drawn with
-    `seed`) of the per-sample l1 norm of the stage's variables (summed over its variables).
-
-    Scale-free: it depends only on the prior's own features, so it gives any staged generator radii
-    of a comparable relative size. Results are cached per weights when the prior has a
-    `weights_key` attribute (a file path with size and modification time).
-    """
-    if not fraction > 0:
-        raise GifdError(f"radius fraction must be positive, got {fraction}")
-    weights_key = getattr(prior, "weights_key", None)
-    #: The stage cut (DCGANPrior.cut) changes the features, so it is part of the key.
-    cut = getattr(prior, "cut", None)
-    cache_key = (weights_key, cut, fraction, n_samples, seed) if weights_key is not None else None
-    if cache_key is not None and cache_key in _RADII_CACHE:
-        return list(_RADII_CACHE[cache_key])
-    gen = torch.Generator().manual_seed(seed)
-    labels = None
-    if prior.num_classes is not None:
-        labels = torch.randint(prior.num_classes, (n_samples,), generator=gen).to(prior.device)
-    was_training = prior.training
-    prior.eval()
-    norms: list[float] = []
-    with torch.no_grad():
-        ctx = prior.context(labels, n_samples)
-        variables = prior.init_latent(n_samples, labels, gen)
-        for stage in range(prior.num_stages):
-            if stage > 0:
-                variables = prior.advance(stage - 1, variables, ctx)
-            per_sample = sum(v.flatten(1).abs().sum(1).double() for v in variables.values())
-            norms.append(float(per_sample.mean()))
-    prior.train(was_training)
-    radii = [fraction * n for n in norms]
-    if cache_key is not None:
-        _RADII_CACHE[cache_key] = radii
-    return list(radii)
 
 
 # ---------------------------------------------------------------------------------------------
