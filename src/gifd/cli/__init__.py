@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "priors": ("priors", "list the generative priors and whether their weights are available"),
     "train-prior": ("train_prior", "train a DCGAN prior (DiffAugment) on a folder of images or a built-in set"),
     "sweep": ("sweep", "run every combination of a sweep file's settings (resumable; local processes or Ray)"),
+    "reproduce": ("reproduce", "run the paper's experiments for a setting and write one HTML report (resumable)"),
 }
 
 
