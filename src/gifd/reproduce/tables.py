@@ -170,10 +170,9 @@ def plan(config: ReproduceConfig) -> Plan:
         result.cells["defenses"] = cells
     for cell in result.unique():
         check_attacks_fit(cell.config, prior)
-    for data in {
-        d.images: d for d in (config.near, config.far, config.batch_data, config.defense_data) if d
-    }.values():
-        load_images(data.images, config.resolution, data.indices)  # every index exists (cheap)
+    sets = [config.near, config.far, config.batch_data, config.defense_data]
+    for images, indices in sorted({(d.images, tuple(d.indices)) for d in sets if d is not None}):
+        load_images(images, config.resolution, list(indices))  # every index exists (cheap)
     return result
 
 
