@@ -179,3 +179,18 @@ def test_reproduce_writes_every_table_and_reuses_finished_cells(tmp_path: Path, 
     assert [p.stat().st_mtime_ns for p in cell_files] == stamps
     assert again["tables"]["methods"] == document["tables"]["methods"]
     assert "reused 9 finished runs" in capsys.readouterr().out
+
+
+def test_an_attacker_without_a_model_of_the_defense_runs_once_as_oblivious() -> None:
+    setting = {
+        **TINY,
+        "defenses": ["noise:0.01", "prune:0.5"],
+        "defense_knowledge": ["adaptive", "oblivious"],
+    }
+    cells = plan(reproduce_config(setting)).cells["defenses"]
+    by = {(c.key["defense"], c.key["knowledge"]): c for c in cells}
+    assert by[("noise:0.01", "adaptive")].id == by[("noise:0.01", "oblivious")].id
+    assert by[("noise:0.01", "adaptive")].config.defense_knowledge == "oblivious"
+    assert "note" in by[("noise:0.01", "adaptive")].key
+    assert by[("prune:0.5", "adaptive")].id != by[("prune:0.5", "oblivious")].id
+    assert by[("prune:0.5", "adaptive")].config.defense_knowledge == "adaptive"

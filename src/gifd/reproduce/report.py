@@ -130,7 +130,8 @@ def _table(
                 if isinstance(value, int | float)
                 else escape(value if value is not None else "–")
             )
-            cells += f'<td class="num">{text}</td>'
+            kind = "num" if isinstance(value, int | float) or value is None else "note"
+            cells += f'<td class="{kind}">{text}</td>'
         body.append(f"<tr>{cells}</tr>")
     return f'<div class="scroll"><table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
@@ -386,6 +387,7 @@ def _defenses(table: dict[str, Any]) -> str:
                 ("cosine", "utility: cosine"),
                 ("relative_l2_error", "utility: rel. l2 error"),
                 ("seconds", "seconds"),
+                ("note", "note"),
             ],
         )
         + '<div class="curves">'
@@ -401,7 +403,7 @@ def _labels(table: dict[str, Any]) -> str:
     panels = figure.subplots(1, max(1, len(combos)), sharey=True, squeeze=False)[0]
     rules = list(dict.fromkeys(r["rule"] for r in rows))
     for axes, (protocol, kind) in zip(panels, combos, strict=False):
-        for rule in rules:
+        for index, rule in enumerate(rules):
             mine = sorted(
                 (r for r in rows if (r["protocol"], r["labels"], r["rule"]) == (protocol, kind, rule)),
                 key=lambda r: r["batch_size"],
@@ -409,24 +411,41 @@ def _labels(table: dict[str, Any]) -> str:
             axes.plot(
                 [r["batch_size"] for r in mine],
                 [_finite(r["accuracy"]) for r in mine],
-                marker="o",
+                marker="os^"[index % 3],
+                linestyle=("-", "--", ":")[index % 3],
                 label=rule,
             )
         axes.set_title(f"{protocol}, {kind} labels", fontsize=10)
         axes.set_xlabel("batch size")
         axes.set_xscale("log", base=2)
+        sizes = sorted({r["batch_size"] for r in rows})
+        axes.set_xticks(sizes, [str(b) for b in sizes])
         axes.set_ylim(-0.05, 1.05)
         axes.grid(True, alpha=0.3)
     panels[0].set_ylabel("label accuracy")
     panels[0].legend(fontsize=8)
-    shown = [dict(r, accuracy=r["accuracy"]) for r in rows]
-    head = "<th>protocol</th><th>labels</th><th>batch size</th><th>rule</th><th>label accuracy</th><th>batches</th>"
-    body = "".join(
-        f'<tr><td>{escape(r["protocol"])}</td><td>{escape(r["labels"])}</td><td class="num">{r["batch_size"]}</td>'
-        f'<td>{escape(r["rule"])}</td><td class="num">{format_value(r["accuracy"], "{:.2f}", "accuracy")}</td>'
-        f'<td class="num">{r["trials"]}</td></tr>'
-        for r in shown
+    groups = list(dict.fromkeys((r["protocol"], r["labels"], r["batch_size"]) for r in rows))
+    accuracy = {(r["protocol"], r["labels"], r["batch_size"], r["rule"]): r for r in rows}
+    head = (
+        "<th>protocol</th><th>labels</th><th>batch size</th>"
+        + "".join(f"<th>rule {escape(rule)}</th>" for rule in rules)
+        + "<th>batches</th>"
     )
+    lines = []
+    for group in groups:
+        found = [accuracy.get((*group, rule)) for rule in rules]
+        values = [r["accuracy"] if r else None for r in found]
+        best = best_values(values, True)
+        cells = "".join(
+            f'<td class="num{" best" if v is not None and v in best else ""}">{format_value(v, "{:.2f}", "accuracy")}</td>'
+            for v in values
+        )
+        trials = max((r["trials"] for r in found if r), default=0)
+        lines.append(
+            f'<tr><td>{escape(group[0])}</td><td>{escape(group[1])}</td><td class="num">{group[2]}</td>'
+            f'{cells}<td class="num">{trials}</td></tr>'
+        )
+    body = "".join(lines)
     return (
         '<section id="labels"><h2>Label inference</h2>'
         "<p>Only label inference runs here (no attack): every rule on client updates of random batches, with distinct "

@@ -153,18 +153,25 @@ def plan(config: ReproduceConfig) -> Plan:
             for a in config.defense_attacks
         ]
         for spec in config.defenses:
+            blind = attacker_models_nothing(spec)
             for knowledge in config.defense_knowledge:
+                # An attacker with no model of the defense (noise) is oblivious whatever it knows:
+                # its row is the oblivious run, not a second run of the same attack.
+                runs_as = "oblivious" if blind and knowledge != "oblivious" else knowledge
+                key = {"defense": spec, "knowledge": knowledge}
+                if runs_as != knowledge:
+                    key["note"] = "the oblivious run: the attacker has no model of this defense"
                 for a in config.defense_attacks:
                     cells.append(
                         _cell(
                             config,
                             "defenses",
-                            {"defense": spec, "knowledge": knowledge, "method": a},
+                            {**key, "method": a},
                             a,
                             data,
                             steps or config.steps.get(a),
                             defense=spec,
-                            knowledge=knowledge,
+                            knowledge=runs_as,
                         )
                     )
         result.cells["defenses"] = cells
@@ -174,6 +181,17 @@ def plan(config: ReproduceConfig) -> Plan:
     for images, indices in sorted({(d.images, tuple(d.indices)) for d in sets if d is not None}):
         load_images(images, config.resolution, list(indices))  # every index exists (cheap)
     return result
+
+
+def attacker_models_nothing(spec: str) -> bool:
+    """Whether the adaptive attacker's model of defense `spec` is the identity (no part of it
+    changes the attacker's dummy update: additive noise), so knowing it changes nothing."""
+    from gifd.defenses import Defense, parse_defense
+
+    return all(
+        type(member).adapt is Defense.adapt and type(member).dummy_gradient is Defense.dummy_gradient
+        for member in parse_defense(spec).members()
+    )
 
 
 def _cell(
