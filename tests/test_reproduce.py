@@ -138,6 +138,9 @@ def test_shared_cells_run_once_and_the_paper_configs_validate() -> None:
         == 1
         == layer.config.settings_for("gifd")["stage_end"]
     )
+    noball = next(c for c in cells.cells["ablation"] if c.attack == "gifd-noball")
+    assert noball.config.settings_for("gifd-noball")["steps"] == TINY["steps"]["gifd-noball"]
+    assert reproduce_config({**TINY, "steps": {"gifd": 7}}).steps_for("gifd-noball") == 7  # GIFD's
     for name in ("reproduce-biggan.yaml", "reproduce-stylegan2.yaml"):
         config = reproduce_config(read_yaml(CONFIGS / name), name)
         assert config.stage_steps == 1000 and config.restarts == 4 and not config.short_budget

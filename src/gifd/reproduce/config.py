@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gifd.attacks.labels import LabelRule
 from gifd.config import Count, DeviceName, Index, Positive, Seed, VictimName, build_config, read_yaml
 from gifd.errors import GifdError
 
@@ -97,7 +98,7 @@ class ReproduceConfig(BaseModel):
     restarts: Count = 2
     #: Per-attack settings passed through to every run, e.g. {"gifd": {"radii": [...]}}, {"ggl": {"population": 8}}.
     attack_settings: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"ggl": {"population": 8}})
-    label_inference: Literal["unique", "count", "paper"] = "unique"
+    label_inference: LabelRule = "unique"
     seed: Seed = 0
     device: DeviceName = "auto"
     #: torch CPU threads of every run (None: torch's own choice).
@@ -133,9 +134,7 @@ class ReproduceConfig(BaseModel):
     defense_steps: Count | None = 200
 
     # -- label inference (no attack runs)
-    label_rules: list[Literal["unique", "count", "paper"]] = Field(
-        default_factory=lambda: ["unique", "count", "paper"]
-    )
+    label_rules: list[LabelRule] = Field(default_factory=lambda: ["unique", "count", "paper"])
     label_batch_sizes: list[Count] = Field(default_factory=lambda: [1, 2, 4, 8])
     #: Batches per (rule, batch size, labels, protocol) cell.
     label_trials: Count = 10
@@ -181,6 +180,13 @@ class ReproduceConfig(BaseModel):
             )
         return self
 
+    def steps_for(self, attack: str) -> int | None:
+        """Steps per restart of `attack` in the methods and ablation tables: its own entry of
+        `steps`, GIFD's for GIFD without the ball, else None (the attack's default)."""
+        if attack == "gifd-noball" and attack not in self.steps:
+            return self.steps.get("gifd")
+        return self.steps.get(attack)
+
     def describe_budget(self, steps: int | None, attacks: list[str]) -> str:
         """Words for a table's budget: steps per restart (or per stage), restarts."""
         parts = []
@@ -188,7 +194,7 @@ class ReproduceConfig(BaseModel):
             if self.stage_steps is not None and name in STAGED:
                 parts.append(f"{name} {self.stage_steps} steps per stage")
             else:
-                count = steps if steps is not None else self.steps.get(name)
+                count = steps if steps is not None else self.steps_for(name)
                 parts.append(f"{name} {count if count is not None else 'its default'} steps")
         return f"{', '.join(parts)}; {self.restarts} restarts"
 

@@ -217,23 +217,23 @@ def _methods(table: dict[str, Any], config: dict[str, Any], out: Path) -> str:
 def _grid(
     rows: list[dict[str, Any]], out: Path, sets: list[str], methods: list[str], words: dict[str, Any]
 ) -> str:
-    """The reconstructions of every method beside the originals, one row per data set."""
+    """The originals and every method's reconstructions, one row each, one column per data set."""
     by = {(r["data"], r["method"]): r for r in rows}
-    head = "<th></th><th>originals</th>" + "".join(f"<th>{escape(m)}</th>" for m in methods)
-    body = []
-    for d in sets:
-        cells = [_img(out / "cells" / by[(d, methods[0])]["cell"] / "originals.png", "originals")]
-        cells += [
-            _img(out / "cells" / by[(d, m)]["cell"] / f"{by[(d, m)]['attack']}.png", m) for m in methods
-        ]
-        body.append(
-            f'<tr><th class="row">{escape(DATA_WORDS[d])}<br>{escape(words[d]["images"])}</th>'
-            + "".join(f"<td>{c}</td>" for c in cells)
-            + "</tr>"
-        )
+    head = "<th></th>" + "".join(
+        f"<th>{escape(DATA_WORDS[d])}: {escape(words[d].get('label') or words[d]['images'])}</th>"
+        for d in sets
+    )
+    lines = []
+    for name in ["originals", *methods]:
+        cells = []
+        for d in sets:
+            row = by[(d, methods[0] if name == "originals" else name)]
+            file = "originals.png" if name == "originals" else f"{row['attack']}.png"
+            cells.append(f"<td>{_img(out / 'cells' / row['cell'] / file, f'{name}, {d}')}</td>")
+        lines.append(f'<tr><th class="row">{escape(name)}</th>{"".join(cells)}</tr>')
     return (
         "<h3>Reconstructions</h3>"
-        f'<div class="scroll"><table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+        f'<div class="scroll"><table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table></div>'
     )
 
 
@@ -377,7 +377,7 @@ def _defenses(table: dict[str, Any]) -> str:
     return (
         '<section id="defenses"><h2>Defenses</h2>'
         "<p>Each defense at two strengths (weaker first). The adaptive attacker models the defense with its parameters; "
-        "the oblivious one ignores it. Utility cost: how far the defended update is from the clean one "
+        "the oblivious one ignores it (for noise there is nothing to model: both rows are the oblivious run). Utility cost: how far the defended update is from the clean one "
         "(cosine similarity, relative l2 error; 1 and 0 are no cost).</p>"
         + _budget_note(table)
         + _table(

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, experiment_config, run_experiment
 from gifd.reproduce.config import DataSet, ReproduceConfig
@@ -77,13 +79,13 @@ def plan(config: ReproduceConfig) -> Plan:
     if "methods" in tables:
         result.cells["methods"] = [
             _cell(
-                config, "methods", {"data": data, "method": m}, m, getattr(config, data), config.steps.get(m)
+                config, "methods", {"data": data, "method": m}, m, getattr(config, data), config.steps_for(m)
             )
             for data in ("near", "far")
             for m in config.methods
         ]
     if "ablation" in tables:
-        gifd_steps = config.steps.get("gifd")
+        gifd_steps = config.steps_for("gifd")
         cells = []
         for data in config.ablation_data:
             images = getattr(config, data)
@@ -94,7 +96,7 @@ def plan(config: ReproduceConfig) -> Plan:
                     {"data": data, "variant": "latent only"},
                     "latent",
                     images,
-                    config.steps.get("latent"),
+                    config.steps_for("latent"),
                 )
             )
             for k in stages:
@@ -109,7 +111,7 @@ def plan(config: ReproduceConfig) -> Plan:
                         settings={"stage_start": k, "stage_end": k},
                     )
                 )
-            noball = config.steps.get("gifd-noball", gifd_steps)
+            noball = config.steps_for("gifd-noball")
             cells.append(
                 _cell(
                     config,
@@ -132,7 +134,7 @@ def plan(config: ReproduceConfig) -> Plan:
                 {"batch_size": b, "method": a},
                 a,
                 DataSet(images=config.batch_data.images, indices=config.batch_data.indices[:b]),
-                config.batch_steps or config.steps.get(a),
+                config.batch_steps or config.steps_for(a),
                 batch_size=b,
             )
             for b in config.batch_sizes
@@ -148,7 +150,7 @@ def plan(config: ReproduceConfig) -> Plan:
                 {"defense": "none", "knowledge": "-", "method": a},
                 a,
                 data,
-                steps or config.steps.get(a),
+                steps or config.steps_for(a),
             )
             for a in config.defense_attacks
         ]
@@ -160,7 +162,7 @@ def plan(config: ReproduceConfig) -> Plan:
                 runs_as = "oblivious" if blind and knowledge != "oblivious" else knowledge
                 key = {"defense": spec, "knowledge": knowledge}
                 if runs_as != knowledge:
-                    key["note"] = "the oblivious run: the attacker has no model of this defense"
+                    key["note"] = "= oblivious (nothing to model)"
                 for a in config.defense_attacks:
                     cells.append(
                         _cell(
@@ -169,7 +171,7 @@ def plan(config: ReproduceConfig) -> Plan:
                             {**key, "method": a},
                             a,
                             data,
-                            steps or config.steps.get(a),
+                            steps or config.steps_for(a),
                             defense=spec,
                             knowledge=runs_as,
                         )
@@ -294,8 +296,6 @@ def label_table(config: ReproduceConfig) -> list[dict[str, Any]]:
     gradients and FedAvg deltas (`label_local_steps` local steps): the mean over
     `label_trials` batches of `label_images`. A cell a rule cannot answer (distinct-label rules on
     a batch larger than the classes) is recorded with its reason."""
-    import torch
-
     from gifd.attacks.labels import infer_labels
     from gifd.client import compute_update
     from gifd.data import load_images
@@ -361,11 +361,9 @@ def label_table(config: ReproduceConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def trial_labels(kind: str, batch_size: int, num_classes: int, generator: Any) -> Any:
+def trial_labels(kind: str, batch_size: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
     """A batch's labels: distinct ones ("unique"), or ("repeated") drawn from max(1, B // 2)
     distinct classes, each at least once, so that a batch of two or more always repeats one."""
-    import torch
-
     classes = torch.randperm(num_classes, generator=generator)
     if kind == "unique":
         return classes[:batch_size].clone()
