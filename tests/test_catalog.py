@@ -35,7 +35,7 @@ def test_catalog_executors_are_the_built_in_ones() -> None:
 
 def test_help_imports_neither_torch_nor_pydantic() -> None:
     """`gifd --help` and each fast command's --help load no heavy module (what makes them slow)."""
-    for args in ([], ["attack"], ["demo"], ["report"], ["sweep"], ["priors"], ["train-prior"]):
+    for args in ([], ["attack"], ["demo"], ["report"], ["sweep"], ["reproduce"], ["priors"], ["train-prior"]):
         code = (
             "import sys\nfrom gifd.cli import main\n"
             "try:\n    main([*sys.argv[1:], '--help'])\nexcept SystemExit:\n    pass\n"

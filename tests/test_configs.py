@@ -9,7 +9,7 @@ from gifd.errors import GifdError
 from gifd.experiment import experiment_config
 
 CONFIGS = sorted(
-    p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml") if not p.name.startswith("sweep")
+    p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml") if not p.name.startswith(("sweep", "reproduce"))
 )
 
 

@@ -31,7 +31,7 @@ REPORT_NAME = "report.html"
 FORMAT = "gifd-run"
 VERSION = 1
 
-Kind = Literal["run", "sweep", "audit"]
+Kind = Literal["run", "sweep", "audit", "reproduce"]
 
 
 def stage_image_name(attack: str, stage: int, index: int) -> str:
@@ -87,7 +87,12 @@ def foreign_files(directory: Path, marker: dict[str, Any]) -> list[str]:
 def check_replaceable(out: Path, kind: Kind, flag: str = "--out") -> None:
     """Refuse `out` unless it is new, an empty directory, or a `kind` directory gifd wrote that
     holds nothing else, and unless it can be created. Checked before any work."""
-    what = {"run": "a gifd run", "sweep": "a gifd sweep", "audit": "a gifd Flower audit"}[kind]
+    what = {
+        "run": "a gifd run",
+        "sweep": "a gifd sweep",
+        "audit": "a gifd Flower audit",
+        "reproduce": "a gifd reproduction",
+    }[kind]
     if out.exists() and not out.is_dir():
         raise GifdError(f"{flag} {out} is a file: pass a directory path")
     if out.is_dir() and any(out.iterdir()):

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-prior": ("train_prior", "train a DCGAN prior (DiffAugment) on a folder of images or a built-in set"),
     "calibrate": ("calibrate", "choose GIFD's l1-ball radii (and a DCGAN's stage cut) on public calibration images"),
     "sweep": ("sweep", "run every combination of a sweep file's settings (resumable; local processes or Ray)"),
+    "reproduce": ("reproduce", "run the paper's experiments for a setting and write one HTML report (resumable)"),
 }
 
 
