@@ -6,25 +6,10 @@ import math
 import pytest
 import torch
 
-from gifd.attacks import ATTACKS, GradientMatcher, Target
+from gifd.attacks import ATTACKS, GradientMatcher
 from gifd.attacks.generative import lr_factor
 from gifd.attacks.gifd import GIFD
-from gifd.client import compute_update
 from gifd.errors import GifdError
-from gifd.priors import create_prior
-from gifd.victims import create_victim
-
-
-@pytest.fixture(scope="module")
-def prior():
-    return create_prior("digiface-dcgan64")
-
-
-@pytest.fixture(scope="module")
-def target(cifar32) -> Target:
-    victim = create_victim("lenet", resolution=32, num_classes=10, seed=0)
-    labels = torch.tensor([3])
-    return Target(victim, compute_update(victim, cifar32[:1], labels), labels)
 
 
 def run(prior, target, attack="gifd", **settings):

@@ -108,6 +108,19 @@ def brute_force(generator_file: str, cuts, schedules, count: int) -> dict[tuple[
     return table
 
 
+
+def gifd_runs(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The radii of every GIFD run from here on (GIFD.run still runs)."""
+    calls: list = []
+    original = GIFD.run
+
+    def counted(self, target, generator):  # type: ignore[no-untyped-def]
+        calls.append(self.config.radii)
+        return original(self, target, generator)
+
+    monkeypatch.setattr(GIFD, "run", counted)
+    return calls
+
 def test_schedules_follow_the_feature_norms() -> None:
     norms = [10.0, 100.0, 300.0, 900.0]
     assert Schedule.parse("linear:0.5").radii(norms, 1.0) == [1.0, 50.0, 100.0, 150.0]
@@ -235,14 +248,7 @@ def test_radii_auto_is_reproducible_and_cached(generator_file, cache, monkeypatc
     # A smaller default grid, to keep the test fast: `radii: auto` takes the defaults as they are.
     monkeypatch.setattr(calibration_module, "DEFAULT_SCHEDULES", ("none", "fraction:0.1"))
     monkeypatch.setattr(calibration_module, "CALIBRATION_IMAGES", ("builtin:cifar10",))
-    calls = []
-    original = GIFD.run
-
-    def counted(self, target, generator):
-        calls.append(self.config.radii)
-        return original(self, target, generator)
-
-    monkeypatch.setattr(GIFD, "run", counted)
+    calls = gifd_runs(monkeypatch)
     first = auto_run(generator_file)
     assert len(calls) == 1 + 2 * 2  # the attack + 2 calibration images x 2 default schedules
     files = list(cache.iterdir())
@@ -326,14 +332,7 @@ def test_cli_calibrate_refuses_the_evaluation_set(capsys) -> None:
 
 
 def test_radii_auto_leaves_attacks_without_a_ball_on_the_defaults(generator_file, cache, monkeypatch) -> None:
-    calls = []
-    original = GIFD.run
-
-    def counted(self, target, generator):
-        calls.append(self.config.radii)
-        return original(self, target, generator)
-
-    monkeypatch.setattr(GIFD, "run", counted)
+    calls = gifd_runs(monkeypatch)
     config = experiment_config(
         {
             "victim": "lenet",

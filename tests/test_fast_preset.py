@@ -8,31 +8,16 @@ import math
 import pytest
 import torch
 
-from gifd.attacks import ATTACKS, Target
+from gifd.attacks import ATTACKS
 from gifd.attacks.base import Pruning
 from gifd.attacks.generative import Plateau
 from gifd.attacks.gias import GIASConfig
 from gifd.attacks.gifd import halving_survivors
 from gifd.cli import build_parser
 from gifd.cli.attack import config_from_args
-from gifd.client import compute_update
 from gifd.experiment import ExperimentConfig
-from gifd.priors import create_prior
-from gifd.victims import create_victim
 
 RESTARTS = 4
-
-
-@pytest.fixture(scope="module")
-def prior():
-    return create_prior("digiface-dcgan64")
-
-
-@pytest.fixture(scope="module")
-def target(cifar32) -> Target:
-    victim = create_victim("lenet", resolution=32, num_classes=10, seed=0)
-    labels = torch.tensor([3])
-    return Target(victim, compute_update(victim, cifar32[:1], labels), labels)
 
 
 def run(prior, target, attack="gifd", **settings):
