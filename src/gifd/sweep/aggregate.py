@@ -31,15 +31,15 @@ def aggregate_sweep(
             )
             continue
         jobs.append({**entry, "status": "done"})
-        for attack, summary in results["attacks"].items():
+        for attack, totals in results.attacks.items():
             row = {key: value for key, value in job.axes.items() if key != "attacks"}
             row["attack"] = attack
             for metric in METRIC_COLUMNS:
-                row[metric] = summary.get(metric)
-            row["label_accuracy"] = results.get("label_accuracy")
-            cost = (results.get("defense") or {}).get("utility_cost")
+                row[metric] = totals.metric(metric)
+            row["label_accuracy"] = results.label_accuracy
+            cost = results.defense.utility_cost
             row["update_cosine"] = None if cost is None else cost["cosine"]
-            row["seconds"] = summary.get("seconds")
+            row["seconds"] = totals.seconds
             row["job"] = job.id
             rows.append(row)
     return {

@@ -14,6 +14,8 @@ from typing import Any
 from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, run_experiment
 from gifd.imageio import write_atomically
+from gifd.results import RESULTS_NAME, RunResults
+from gifd.results import read_results as read_run_results
 from gifd.rundir import check_replaceable
 from gifd.sweep.grid import Job
 
@@ -82,11 +84,11 @@ def job_error(exc: BaseException) -> JobError:
     return {"message": message, "traceback": "".join(traceback.format_exception(exc))}
 
 
-def read_results(job_dir: Path) -> dict[str, Any] | None:
-    """A job directory's results.json, or None when it is missing or unreadable."""
+def read_results(job_dir: Path) -> RunResults | None:
+    """A job directory's typed results, or None when they are missing or unreadable."""
     try:
-        return json.loads((job_dir / "results.json").read_text())
-    except (OSError, ValueError):
+        return read_run_results(job_dir / RESULTS_NAME, job_dir)
+    except GifdError:
         return None
 
 
