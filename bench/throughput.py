@@ -117,7 +117,7 @@ def child_gifd(spec: dict[str, Any]) -> dict[str, Any]:
         "restarts": 1 if separate else spec["restarts"],
         "preset": spec.get("preset", "paper"),
         "log_every": spec.get("log_every", 10**6),
-        **{key: spec[key] for key in ("batched", "halving") if key in spec},
+        **{key: spec[key] for key in ("batched", "halving", "rung", "early_stop") if key in spec},
     }
 
     def run(settings: dict[str, Any], seed: int = spec.get("seed", 0)):  # type: ignore[no-untyped-def]
