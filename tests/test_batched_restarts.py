@@ -13,6 +13,7 @@ from gifd.attacks.objectives import image_norm, restart_image_norm, restart_tota
 from gifd.client import compute_update
 from gifd.errors import GifdError
 from gifd.priors import create_prior
+from gifd.priors.dcgan import radii_from_feature_norms
 from gifd.victims import Victim, create_victim
 
 RESTARTS, BATCH = 3, 2
@@ -220,8 +221,13 @@ def run_gifd(prior, target, **settings):
 
 
 def test_halving_keeps_the_best_restarts_and_their_chains(prior, gifd_target) -> None:
-    full = run_gifd(prior, gifd_target)
-    halved = run_gifd(prior, gifd_target, halving=True)
+    # Tight balls (0.1 x each stage's norm): with wide ones, Adam's first steps turn the rounding
+    # noise of near-zero gradient entries (batches of 4 vs 2 vs 1 restarts round differently) into
+    # full-lr steps of either sign, and the chains part by a few percent within a stage; the
+    # projection onto a tight ball erases that, so the bookkeeping can be checked at 1e-4.
+    tight = {"radii": radii_from_feature_norms(prior, fraction=0.1)}
+    full = run_gifd(prior, gifd_target, **tight)
+    halved = run_gifd(prior, gifd_target, halving=True, **tight)
     stage0, stage1, stage2 = (s.restart_losses for s in halved.stages)
     # Stage 0 runs all restarts exactly as without halving.
     assert stage0 == pytest.approx(full.stages[0].restart_losses, rel=1e-5)
