@@ -297,10 +297,9 @@ def label_table(config: ReproduceConfig) -> list[dict[str, Any]]:
     `label_trials` batches of `label_images`. A cell a rule cannot answer (distinct-label rules on
     a batch larger than the classes) is recorded with its reason."""
     from gifd.attacks.labels import infer_labels
-    from gifd.client import compute_update
+    from gifd.client import Client, ClientConfig
     from gifd.data import load_images
     from gifd.device import derived_generator, resolve_device, seed_everything, torch_threads
-    from gifd.fedavg import compute_fedavg_update
     from gifd.metrics import label_accuracy
     from gifd.victims import create_victim
 
@@ -316,6 +315,14 @@ def label_table(config: ReproduceConfig) -> list[dict[str, Any]]:
             weights=config.victim_weights,
             device=device,
         )
+        # The simulated clients of the two protocols (no defense, labels not disclosed).
+        clients = {
+            protocol: Client(
+                victim,
+                ClientConfig(local_steps=steps, local_lr=config.label_local_lr, seed=config.seed),
+            )
+            for protocol, steps in (("FedSGD", None), ("FedAvg", config.label_local_steps))
+        }
         rows = []
         for protocol in ("FedSGD", "FedAvg"):
             for kind in ("unique", "repeated"):
@@ -329,18 +336,7 @@ def label_table(config: ReproduceConfig) -> list[dict[str, Any]]:
                         stream = derived_generator(config.seed, "reproduce-labels", protocol, kind, b, trial)
                         labels = trial_labels(kind, b, config.num_classes, stream)
                         picks = torch.randperm(len(pool), generator=stream)[:b]
-                        images = pool.images[picks].to(device)
-                        if protocol == "FedSGD":
-                            update = compute_update(victim, images, labels)
-                        else:
-                            update = compute_fedavg_update(
-                                victim,
-                                images,
-                                labels,
-                                local_steps=config.label_local_steps,
-                                local_lr=config.label_local_lr,
-                                shuffle_seed=config.seed,
-                            )
+                        update = clients[protocol].share(pool.images[picks], labels, trial).update
                         for rule in config.label_rules:
                             if rule != "count" and b > config.num_classes:
                                 continue
