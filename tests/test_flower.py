@@ -33,6 +33,8 @@ sys.path.insert(0, str(EXAMPLE))
 from flower_audit import simulation  # noqa: E402
 from flower_audit.task import partition  # noqa: E402
 
+from flower_replies import fedavg_reply  # noqa: E402
+
 #: A tiny federation: LeNet at 16 px, 2 images per client, mini-batches of 1, 2 local epochs.
 SETTINGS = {
     "victim": "lenet",
@@ -171,24 +173,9 @@ def _client_reply(
     victim_name: str = "lenet", **reported: Any
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any], Any]:
     """A global model, a client's reply after 1 SGD step on 2 images, and what it reports."""
-    victim = create_victim(victim_name, resolution=16)
     data = partition(0, 2, 2, 16)
-    update = compute_fedavg_update(
-        victim, data.images, data.labels, local_steps=1, local_lr=0.1, shuffle_seed=0
-    )
-    global_state = {k: v.clone() for k, v in victim.model.state_dict().items()}
-    reply = {k: v + update.tensors.get(k, 0) for k, v in global_state.items()}
-    metadata = {
-        "num-examples": 2,
-        "local-steps": 1,
-        "lr": 0.1,
-        "batch-size": 2,
-        "shuffle-seed": 0,
-        "norm-mean": list(NORMALIZATIONS["imagenet"][0]),
-        "norm-std": list(NORMALIZATIONS["imagenet"][1]),
-    }
-    metadata.update(reported)
-    return global_state, reply, {k: v for k, v in metadata.items() if v is not None}, data
+    reply = fedavg_reply(create_victim(victim_name, resolution=16), data.images, data.labels, **reported)
+    return (*reply[:3], data)
 
 
 def _audit(tmp_path: Path, **values: Any) -> FlowerAudit:

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from flower_replies import fedavg_reply
 from gifd.client import compute_update, load_update
 from gifd.data import load_images
 from gifd.defenses import SoteriaDefense, aimed_at, parse_defense
 from gifd.errors import GifdError
-from gifd.fedavg import compute_fedavg_update
-from gifd.victims import NORMALIZATIONS, create_victim, victim_factory
+from gifd.victims import create_victim, victim_factory
 from test_cli import assert_clean_failure, run_cli
 
 #: The factories module: a small CNN whose classifier is not called "fc", one that ends in a
@@ -256,20 +256,7 @@ def test_a_flower_audit_update_of_a_factory_victim_is_reattacked_from_the_cli(fa
     # The federation's global model: the factory's model at another init than the audit's seed.
     client = create_victim(spec, resolution=16, num_classes=10, seed=5)
     private = load_images("builtin:cifar10", 16, [0, 1])
-    delta = compute_fedavg_update(
-        client, private.images, private.labels, local_steps=1, local_lr=0.1, shuffle_seed=0
-    )
-    global_state = {k: v.clone() for k, v in client.model.state_dict().items()}
-    reply = {k: v + delta.tensors.get(k, 0) for k, v in global_state.items()}
-    reported = {
-        "num-examples": 2,
-        "local-steps": 1,
-        "lr": 0.1,
-        "batch-size": 2,
-        "shuffle-seed": 0,
-        "norm-mean": list(NORMALIZATIONS["imagenet"][0]),
-        "norm-std": list(NORMALIZATIONS["imagenet"][1]),
-    }
+    global_state, reply, reported, delta = fedavg_reply(client, private.images, private.labels)
     config = audit_config(
         {"victim": spec, "resolution": 16, "attacks": ["ig"], "steps": 2, "restarts": 1, "device": "cpu"}
     )
