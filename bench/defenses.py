@@ -3,8 +3,9 @@
 The built-in setting (face DCGAN prior `digiface-dcgan64`, real photos, untrained ConvNet at 64 px,
 batch 1, labels inferred). For every defense setting the client defends its update; the attacker
 models the defense (adaptive: applies the defense's own transform to its dummy gradient) or not
-(oblivious). GIFD and IG run adaptive on every setting; GIFD also runs oblivious on pruning and
-Soteria, the defenses for which the paper's adaptive attack matters.
+(oblivious). GIFD and IG run adaptive on every setting; GIFD also runs oblivious on pruning,
+Soteria and DP-SGD, the defenses whose adaptive model changes the attack (noise has none; clipping's
+scale is undone by the cosine distance).
 
 Usage (from the repository root):
 
@@ -25,23 +26,14 @@ from typing import Any
 import torch
 
 from common import write_json, write_text
+from gifd.defenses import default_strengths
 from gifd.experiment import ExperimentConfig, run_experiment
 from gifd.runtime import reuse_large_allocations
 
-#: Two strengths per defense (weaker, stronger).
-SETTINGS = [
-    "none",
-    "noise:0.001",
-    "noise:0.01",
-    "clip:4",
-    "clip:0.5",
-    "prune:0.5",
-    "prune:0.9",
-    "soteria:0.1",
-    "soteria:0.5",
-]
+#: No defense, then every defense at its two strengths (weaker, stronger).
+SETTINGS = ["none", *default_strengths()]
 #: Defenses on which GIFD also runs oblivious of the defense.
-OBLIVIOUS = ("prune", "soteria")
+OBLIVIOUS = ("prune", "soteria", "dpsgd")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

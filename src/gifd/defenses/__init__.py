@@ -46,6 +46,7 @@ from gifd.defenses.base import (
     NoDefense,
     ReproducibleDefense,
     Tensors,
+    default_strengths,
     register_defense,
     require_context,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "clip_per_example",
     "clip_scale",
     "clipped_mean_gradient",
+    "default_strengths",
     "defense_forms",
     "defense_names",
     "fc_input_features",

@@ -98,6 +98,9 @@ class Defense:
     requires_context: ClassVar[bool] = False
     #: Whether the defense replaces how the gradient is computed (then it must come first).
     replaces_gradient: ClassVar[bool] = False
+    #: Two specs of this defense, weaker then stronger, that benchmarks and `gifd reproduce`
+    #: compare by default (empty: left out of those tables).
+    strengths: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def form(cls) -> str:
@@ -196,6 +199,11 @@ def require_context(context: ClientContext | None, defense: str) -> ClientContex
 
 #: Spec name -> defense class, in registration order (the order help texts list them in).
 DEFENSES: Registry[type[Defense]] = Registry("defense")
+
+
+def default_strengths() -> list[str]:
+    """Every registered defense's `strengths` specs, in registration order (weaker first per defense)."""
+    return [spec for name in DEFENSES.in_order() for spec in DEFENSES.get(name).strengths]
 
 
 def register_defense(cls: type[Defense]) -> type[Defense]:

@@ -50,6 +50,7 @@ class ClipDefense(ReproducibleDefense):
     bound: float
     name: ClassVar[str] = "clip"
     arguments: ClassVar[tuple[str, ...]] = ("BOUND",)
+    strengths: ClassVar[tuple[str, ...]] = ("clip:4", "clip:0.5")
 
     def __post_init__(self) -> None:
         if not (self.bound > 0) or math.isinf(self.bound):

@@ -42,6 +42,7 @@ class DPSGDDefense(Defense):
     noise_multiplier: float
     name: ClassVar[str] = "dpsgd"
     arguments: ClassVar[tuple[str, ...]] = ("CLIP", "SIGMA")
+    strengths: ClassVar[tuple[str, ...]] = ("dpsgd:4,0.001", "dpsgd:0.5,0.01")
     requires_context: ClassVar[bool] = True
     replaces_gradient: ClassVar[bool] = True
 

@@ -28,6 +28,7 @@ class NoiseDefense(Defense):
     std: float
     name: ClassVar[str] = "noise"
     arguments: ClassVar[tuple[str, ...]] = ("STD",)
+    strengths: ClassVar[tuple[str, ...]] = ("noise:0.001", "noise:0.01")
 
     def __post_init__(self) -> None:
         if not (self.std >= 0) or math.isinf(self.std):

@@ -46,6 +46,7 @@ class PruneDefense(ReproducibleDefense):
     ratio: float
     name: ClassVar[str] = "prune"
     arguments: ClassVar[tuple[str, ...]] = ("RATIO",)
+    strengths: ClassVar[tuple[str, ...]] = ("prune:0.5", "prune:0.9")
 
     def __post_init__(self) -> None:
         check_ratio("prune", self.ratio, "ratio")

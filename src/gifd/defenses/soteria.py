@@ -51,6 +51,7 @@ class SoteriaDefense(Defense):
     classifier: str = "fc"
     name: ClassVar[str] = "soteria"
     arguments: ClassVar[tuple[str, ...]] = ("FRACTION",)
+    strengths: ClassVar[tuple[str, ...]] = ("soteria:0.1", "soteria:0.5")
     requires_context: ClassVar[bool] = True
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gifd.attacks.labels import LabelRule
 from gifd.config import Count, DeviceName, Index, Positive, Seed, VictimName, build_config, read_yaml
+from gifd.defenses import default_strengths
 from gifd.errors import GifdError
 
 #: The tables of the report, in its order.
@@ -51,21 +52,6 @@ class DataSet(BaseModel):
 
 def _default_steps() -> dict[str, int]:
     return {"gifd": 300, "gias": 300, "ggl": 150, "latent": 300, "ig": 300, "gi": 300}
-
-
-def _default_defenses() -> list[str]:
-    return [
-        "noise:0.001",
-        "noise:0.01",
-        "clip:4",
-        "clip:0.5",
-        "prune:0.5",
-        "prune:0.9",
-        "soteria:0.1",
-        "soteria:0.5",
-        "dpsgd:4,0.001",
-        "dpsgd:0.5,0.01",
-    ]
 
 
 class ReproduceConfig(BaseModel):
@@ -123,7 +109,7 @@ class ReproduceConfig(BaseModel):
 
     # -- defenses
     #: Each defense at two strengths (weaker first), as `--defense` specs.
-    defenses: list[str] = Field(default_factory=_default_defenses)
+    defenses: list[str] = Field(default_factory=default_strengths)
     defense_attacks: list[str] = Field(default_factory=lambda: ["gifd"])
     defense_knowledge: list[Literal["adaptive", "oblivious", "estimated"]] = Field(
         default_factory=lambda: ["adaptive", "oblivious"]
