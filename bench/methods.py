@@ -21,6 +21,11 @@ Usage (from the repository root):
         [--stage-steps N] [--restarts 2] [--radii FILE|auto]
         [--attacks gifd,latent,gifd-noball,gias,ggl,ig,gi] [--ggl-population 8] [--threads N]
         [--out bench/results/methods_convnet.json]
+    .venv/bin/python bench/methods.py --merge A.json B.json [...] --out C.json
+
+`--merge` joins runs of the same setting (victim, images, budget, seed: the same client updates)
+that attacked with different methods, e.g. GIFD run after its radii were calibrated beside the
+baselines run before, into one table and figure.
 
 Writes the JSON (the full experiment results: config, versions, per-image metrics, loss curves),
 a markdown table (`.md`) and the PSNR-against-seconds figure (`.png`) next to it, all
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,7 @@ from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, run_experiment
 from gifd.imageio import write_atomically
 from gifd.metrics import METRIC_INFO
+from gifd.results import validate_results
 from gifd.runtime import reuse_large_allocations
 
 METRICS = ("psnr", "ssim", "lpips_st")
@@ -64,7 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", help="JSON path (default bench/results/methods_VICTIM[_paper].json)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--merge", nargs="+", metavar="JSON", help="join these results of one setting (needs --out); run nothing"
+    )
+    args = parser.parse_args(argv)
+    if args.merge and not args.out:
+        parser.error("--merge needs --out: the merged JSON's path")
+    return args
 
 
 def experiment_config(args: argparse.Namespace, num_stages: int) -> ExperimentConfig:
@@ -95,6 +108,77 @@ def experiment_config(args: argparse.Namespace, num_stages: int) -> ExperimentCo
         device=args.device,
         **shared,
     )
+
+
+#: Config keys that may differ between the runs `--merge` joins (everything else must be equal).
+PER_RUN_KEYS = ("attacks", "attack_settings")
+
+
+def merge_results(parts: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
+    """One results dict from runs of one setting that ran different attacks on the same updates.
+
+    The runs must agree on everything but their attacks (config, images, labels, utility cost),
+    and no attack may appear twice; a GifdError names the first difference.
+    """
+    if len(parts) < 2:
+        raise GifdError("--merge takes at least two results files")
+    first = parts[0]
+    merged = {**first, "config": dict(first["config"]), "attacks": dict(first["attacks"])}
+    merged["batches"] = [{**batch, "attacks": dict(batch["attacks"])} for batch in first["batches"]]
+    shared = {key: value for key, value in first["config"].items() if key not in PER_RUN_KEYS}
+    for part, source in zip(parts[1:], sources[1:], strict=True):
+        for key, value in shared.items():
+            if part["config"].get(key) != value:
+                raise GifdError(
+                    f"{source} is another setting than {sources[0]}: config {key} is "
+                    f"{part['config'].get(key)!r}, not {value!r}: merge only runs of one setting"
+                )
+        for key in ("images", "inferred_labels", "true_labels", "seed"):
+            if part.get(key) != first.get(key):
+                raise GifdError(f"{source} and {sources[0]} differ in {key}: they did not attack the same updates")
+        if len(part["batches"]) != len(first["batches"]):
+            raise GifdError(f"{source} and {sources[0]} have different batch counts")
+        twice = sorted(set(part["attacks"]) & set(merged["attacks"]))
+        if twice:
+            raise GifdError(f"{source} repeats attack(s) {', '.join(twice)}: each method may come from one run only")
+        for batch, other in zip(merged["batches"], part["batches"], strict=True):
+            if batch.get("utility_cost") != other.get("utility_cost"):
+                raise GifdError(f"{source} and {sources[0]} differ in the client's update (utility cost)")
+            batch["attacks"].update(other["attacks"])
+        merged["attacks"].update(part["attacks"])
+        merged["config"]["attacks"] = [*merged["config"]["attacks"], *part["config"]["attacks"]]
+        merged["config"]["attack_settings"] = {
+            **merged["config"]["attack_settings"],
+            **part["config"]["attack_settings"],
+        }
+    walls = [part.get("benchmark", {}).get("wall_seconds") for part in parts]
+    merged["benchmark"] = {
+        **first.get("benchmark", {}),
+        "wall_seconds": None if None in walls else round(sum(walls), 1),
+        "merged_from": sources,
+    }
+    validate_results({k: v for k, v in merged.items() if k != "benchmark"}, "the merged results")
+    return merged
+
+
+def describe(results: dict[str, Any], num_stages: int) -> tuple[str, str]:
+    """(budget words, header paragraph) of a benchmark's results, read from its config."""
+    config = results["config"]
+    settings = config["attack_settings"]
+    if config["stage_steps"] is not None:
+        budget = f"{config['stage_steps']} steps per GIFD stage (others: {config['stage_steps'] * num_stages} steps)"
+    else:
+        budget = f"{config['steps']} steps per method (GIFD: split over its {num_stages} stages)"
+    radii = settings.get("gifd", {}).get("radii") or "the prior default"
+    population = settings.get("ggl", {}).get("population", "-")
+    merged = results.get("benchmark", {}).get("merged_from")
+    header = (
+        f"Built-in OOD setting: digiface-dcgan64 prior, real photos {config['indices']}, untrained "
+        f"{config['victim']} 64 px, batch 1, labels inferred, {budget}, {config['restarts']} restarts, seed "
+        f"{config['seed']}, GIFD radii {radii} (GGL: generations = steps, {population} candidates). "
+        "Seconds: wall time of all images." + (f" Merged from {', '.join(merged)}." if merged else "") + "\n\n"
+    )
+    return budget, header
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -142,32 +226,27 @@ def main(argv: list[str] | None = None) -> None:
 
     num_stages = create_prior("digiface-dcgan64").num_stages
     try:
-        config = experiment_config(args, num_stages)
-    except GifdError as exc:
+        if args.merge:
+            parts = [json.loads(Path(path).read_text(encoding="utf-8")) for path in args.merge]
+            results = merge_results(parts, args.merge)
+        else:
+            config = experiment_config(args, num_stages)
+    except (GifdError, OSError, json.JSONDecodeError) as exc:
         raise SystemExit(str(exc)) from None
-    start = time.perf_counter()
-    results = run_experiment(config, None, progress=True)
-    results["benchmark"] = {
-        "name": "methods",
-        "mode": "paper" if args.stage_steps is not None else "equal",
-        "wall_seconds": round(time.perf_counter() - start, 1),
-        "threads": torch.get_num_threads(),
-    }
+    if not args.merge:
+        start = time.perf_counter()
+        results = run_experiment(config, None, progress=True)
+        results["benchmark"] = {
+            "name": "methods",
+            "mode": "paper" if args.stage_steps is not None else "equal",
+            "wall_seconds": round(time.perf_counter() - start, 1),
+            "threads": torch.get_num_threads(),
+        }
     mode = "_paper" if args.stage_steps is not None else ""
     out = Path(args.out or f"bench/results/methods_{args.victim}{mode}.json")
-    budget = (
-        f"{args.stage_steps} steps per GIFD stage (others: {args.stage_steps * num_stages} steps)"
-        if args.stage_steps is not None
-        else f"{args.steps} steps per method (GIFD: split over its {num_stages} stages)"
-    )
-    header = (
-        f"Built-in OOD setting: digiface-dcgan64 prior, real photos {config.indices}, untrained {args.victim} "
-        f"64 px, batch 1, labels inferred, {budget}, {args.restarts} restarts, seed {args.seed}, GIFD radii "
-        f"{args.radii or 'the prior default'} (GGL: generations = steps, {args.ggl_population} candidates). "
-        "Seconds: wall time of all images.\n\n"
-    )
+    budget, header = describe(results, num_stages)
     table = markdown_table(results)
-    figure = psnr_seconds_figure(results, f"{args.victim}, {budget}")
+    figure = psnr_seconds_figure(results, f"{results['config']['victim']}, {budget}")
     write_json(out, results)
     write_text(out.with_suffix(".md"), header + table + "\n")
     write_atomically(out.with_suffix(".png"), lambda handle: handle.write(figure))

@@ -1,0 +1,76 @@
+"""bench/methods.py --merge: runs of one setting with different methods join into one result."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gifd.errors import GifdError
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+RESULTS = BENCH / "results" / "methods_convnet.json"
+
+
+@pytest.fixture
+def methods(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.syspath_prepend(str(BENCH))
+    import methods as module
+
+    yield module
+    sys.modules.pop("methods", None)
+    sys.modules.pop("common", None)
+
+
+def _only(results: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The results as a run of just the attacks `names` would have written them."""
+    part = copy.deepcopy(results)
+    part["config"]["attacks"] = names
+    part["config"]["attack_settings"] = {
+        k: v for k, v in part["config"]["attack_settings"].items() if k in names
+    }
+    part["attacks"] = {k: v for k, v in part["attacks"].items() if k in names}
+    for batch in part["batches"]:
+        batch["attacks"] = {k: v for k, v in batch["attacks"].items() if k in names}
+    return part
+
+
+def test_merge_rebuilds_the_run_of_all_methods(methods: Any) -> None:
+    whole = json.loads(RESULTS.read_text())
+    names = whole["config"]["attacks"]
+    gifd, others = _only(whole, names[:1]), _only(whole, names[1:])
+    merged = methods.merge_results([gifd, others], ["gifd.json", "others.json"])
+    assert merged["config"] == whole["config"]
+    assert merged["attacks"] == whole["attacks"]
+    assert merged["batches"] == whole["batches"]
+    assert merged["benchmark"]["merged_from"] == ["gifd.json", "others.json"]
+    assert merged["benchmark"]["wall_seconds"] == pytest.approx(2 * whole["benchmark"]["wall_seconds"])
+    assert methods.markdown_table(merged).splitlines()[2].startswith("| gifd |")
+
+
+def test_merge_refuses_other_settings_and_repeated_methods(methods: Any) -> None:
+    whole = json.loads(RESULTS.read_text())
+    names = whole["config"]["attacks"]
+    gifd, others = _only(whole, names[:1]), _only(whole, names[1:])
+    with pytest.raises(GifdError, match="repeats attack\\(s\\) gifd"):
+        methods.merge_results([gifd, gifd], ["a.json", "b.json"])
+    other_seed = copy.deepcopy(others)
+    other_seed["config"]["seed"] = 1
+    with pytest.raises(GifdError, match="b.json is another setting than a.json: config seed is 1, not 0"):
+        methods.merge_results([gifd, other_seed], ["a.json", "b.json"])
+    other_labels = copy.deepcopy(others)
+    other_labels["inferred_labels"] = [0] * len(other_labels["inferred_labels"])
+    with pytest.raises(GifdError, match="differ in inferred_labels"):
+        methods.merge_results([gifd, other_labels], ["a.json", "b.json"])
+    with pytest.raises(GifdError, match="at least two"):
+        methods.merge_results([gifd], ["a.json"])
+
+
+def test_merge_needs_an_output_path(methods: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        methods.parse_args(["--merge", "a.json", "b.json"])
+    assert "--merge needs --out" in capsys.readouterr().err
