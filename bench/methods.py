@@ -122,12 +122,17 @@ def merge_results(parts: list[dict[str, Any]], sources: list[str]) -> dict[str, 
     """
     if len(parts) < 2:
         raise GifdError("--merge takes at least two results files")
+    for part, source in zip(parts, sources, strict=True):
+        if not isinstance(part, dict):
+            raise GifdError(f"{source} is not a methods benchmark result: pass the JSON bench/methods.py wrote")
+        validate_results({k: v for k, v in part.items() if k != "benchmark"}, source)
     first = parts[0]
     merged = {**first, "config": dict(first["config"]), "attacks": dict(first["attacks"])}
     merged["batches"] = [{**batch, "attacks": dict(batch["attacks"])} for batch in first["batches"]]
     shared = {key: value for key, value in first["config"].items() if key not in PER_RUN_KEYS}
     for part, source in zip(parts[1:], sources[1:], strict=True):
-        for key, value in shared.items():
+        for key in sorted(set(shared) | (set(part["config"]) - set(PER_RUN_KEYS))):
+            value = shared.get(key)
             if part["config"].get(key) != value:
                 raise GifdError(
                     f"{source} is another setting than {sources[0]}: config {key} is "
@@ -156,6 +161,19 @@ def merge_results(parts: list[dict[str, Any]], sources: list[str]) -> dict[str, 
         **first.get("benchmark", {}),
         "wall_seconds": None if None in walls else round(sum(walls), 1),
         "merged_from": sources,
+        # each run's own provenance (the top-level date, versions and device are the first run's)
+        "runs": [
+            {
+                "source": source,
+                "attacks": part["config"]["attacks"],
+                "date": part["date"],
+                "versions": part["versions"],
+                "device": part["device"],
+                "threads": part.get("benchmark", {}).get("threads"),
+                "wall_seconds": part.get("benchmark", {}).get("wall_seconds"),
+            }
+            for part, source in zip(parts, sources, strict=True)
+        ],
     }
     validate_results({k: v for k, v in merged.items() if k != "benchmark"}, "the merged results")
     return merged
@@ -170,12 +188,16 @@ def describe(results: dict[str, Any], num_stages: int) -> tuple[str, str]:
     else:
         budget = f"{config['steps']} steps per method (GIFD: split over its {num_stages} stages)"
     radii = settings.get("gifd", {}).get("radii") or "the prior default"
-    population = settings.get("ggl", {}).get("population", "-")
+    ggl = (
+        f" (GGL: generations = steps, {settings['ggl']['population']} candidates)"
+        if "ggl" in config["attacks"] and "population" in settings.get("ggl", {})
+        else ""
+    )
     merged = results.get("benchmark", {}).get("merged_from")
     header = (
         f"Built-in OOD setting: digiface-dcgan64 prior, real photos {config['indices']}, untrained "
         f"{config['victim']} 64 px, batch 1, labels inferred, {budget}, {config['restarts']} restarts, seed "
-        f"{config['seed']}, GIFD radii {radii} (GGL: generations = steps, {population} candidates). "
+        f"{config['seed']}, GIFD radii {radii}{ggl}. "
         "Seconds: wall time of all images." + (f" Merged from {', '.join(merged)}." if merged else "") + "\n\n"
     )
     return budget, header

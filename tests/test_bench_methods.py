@@ -44,10 +44,12 @@ def test_merge_rebuilds_the_run_of_all_methods(methods: Any) -> None:
     names = whole["config"]["attacks"]
     gifd, others = _only(whole, names[:1]), _only(whole, names[1:])
     merged = methods.merge_results([gifd, others], ["gifd.json", "others.json"])
+    assert (gifd, others) == (_only(whole, names[:1]), _only(whole, names[1:]))  # inputs left alone
     assert merged["config"] == whole["config"]
     assert merged["attacks"] == whole["attacks"]
     assert merged["batches"] == whole["batches"]
     assert merged["benchmark"]["merged_from"] == ["gifd.json", "others.json"]
+    assert [run["attacks"] for run in merged["benchmark"]["runs"]] == [names[:1], names[1:]]
     assert merged["benchmark"]["wall_seconds"] == pytest.approx(2 * whole["benchmark"]["wall_seconds"])
     assert methods.markdown_table(merged).splitlines()[2].startswith("| gifd |")
 
@@ -66,8 +68,18 @@ def test_merge_refuses_other_settings_and_repeated_methods(methods: Any) -> None
     other_labels["inferred_labels"] = [0] * len(other_labels["inferred_labels"])
     with pytest.raises(GifdError, match="differ in inferred_labels"):
         methods.merge_results([gifd, other_labels], ["a.json", "b.json"])
+    other_update = copy.deepcopy(others)
+    other_update["batches"][3]["utility_cost"] = {"cosine": 0.5}
+    with pytest.raises(GifdError, match="differ in the client's update"):
+        methods.merge_results([gifd, other_update], ["a.json", "b.json"])
+    fewer = copy.deepcopy(others)
+    fewer["batches"] = fewer["batches"][:-1]
+    with pytest.raises(GifdError, match="different batch counts"):
+        methods.merge_results([gifd, fewer], ["a.json", "b.json"])
     with pytest.raises(GifdError, match="at least two"):
         methods.merge_results([gifd], ["a.json"])
+    with pytest.raises(GifdError, match="defenses.json is not a gifd results file"):
+        methods.merge_results([gifd, {"base": {}, "rows": []}], ["a.json", "defenses.json"])
 
 
 def test_merge_needs_an_output_path(methods: Any, capsys: pytest.CaptureFixture[str]) -> None:
