@@ -57,7 +57,6 @@ import sys
 import time
 import types
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -513,14 +512,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "bench"))
     import torch
 
-    from common import write_json
-    from gifd.experiment import versions
+    from common import Provenance, write_json
     from gifd.runtime import reuse_large_allocations
 
     reuse_large_allocations()  # as the gifd CLI does
     torch.set_num_threads(args.threads)
-    started = datetime.now(timezone.utc)
-    load_before = os.getloadavg()
+    provenance = Provenance()
     setting = Setting(args, official)
     last = setting.num_stages - 1
     stages = [last if s == "last" else int(s) for s in args.stages.split(",")]
@@ -538,12 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         profile_table = profile_gifd(setting, stages, args.steps, args.profile)
     payload = {
         "benchmark": "official",
-        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
-        "started_utc": started.isoformat(timespec="seconds"),
-        "versions": versions(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_before_after": [list(load_before), list(os.getloadavg())],
+        **provenance.fields(torch.get_num_threads()),
         "settings": {
             "prior": f"biggan-deep-{PRIOR_SIDE}, random weights (tests/test_prior_biggan.py random_checkpoint, seed 0)",
             "victim": f"resnet18, {RESOLUTION} px, {NUM_CLASSES} classes, seed 0",

@@ -21,19 +21,16 @@ the full results of each run) atomically.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common import write_json
+from common import Provenance, write_json
 from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, run_experiment
-from gifd.results import versions
 from gifd.runtime import reuse_large_allocations
 
 #: The check this benchmark exists for: IG on LeNet (full schedule) must beat this mean PSNR.
@@ -204,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         resnet_indices = indices[: args.resnet_images]
         configs[EQUAL_BUDGET_RUN] = ig_config("lenet", resnet_indices, args.resnet_steps, args.restarts, args)
         configs["resnet18"] = ig_config("resnet18", resnet_indices, args.resnet_steps, args.restarts, args)
-    started = datetime.now(timezone.utc)
+    provenance = Provenance()
     runs = {}
     for name, config in configs.items():
         print(
@@ -226,11 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     payload = {
         "benchmark": "sanity",
-        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
-        "started_utc": started.isoformat(timespec="seconds"),
-        "versions": versions(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
+        **provenance.fields(torch.get_num_threads()),
         "lenet_psnr_threshold": LENET_PSNR_THRESHOLD,
         "configs": {name: config.model_dump(mode="json") for name, config in configs.items()},
         "table": rows,

@@ -52,7 +52,6 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -493,11 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from common import write_json
-    from gifd.results import versions
+    from common import Provenance, write_json
 
-    started = datetime.now(timezone.utc)
-    load_before = os.getloadavg()
+    provenance = Provenance()
     cases, lines = [], []
     for victim in [] if args.halving_only else args.victims:
         for side in args.sides:
@@ -521,12 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         print(lines[-1], flush=True)
     payload = {
         "benchmark": "throughput",
-        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
-        "started_utc": started.isoformat(timespec="seconds"),
-        "versions": versions(),
-        "threads": args.threads or torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_before_after": [list(load_before), list(os.getloadavg())],
+        **provenance.fields(args.threads or torch.get_num_threads()),
         "settings": {
             "prior": PRIOR,
             "image": f"{IMAGE_SOURCE}[0], batch 1",
