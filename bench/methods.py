@@ -23,9 +23,11 @@ Usage (from the repository root):
         [--out bench/results/methods_convnet.json]
     .venv/bin/python bench/methods.py --merge A.json B.json [...] --out C.json
 
-`--merge` joins runs of the same setting (victim, images, budget, seed: the same client updates)
-that attacked with different methods, e.g. GIFD run after its radii were calibrated beside the
-baselines run before, into one table and figure.
+`--merge` joins runs of the same setting (victim, budget, seed) into one table and figure: runs
+on the same images (the same client updates) that attacked with different methods, e.g. GIFD run
+after its radii were calibrated beside the baselines run before, and runs of the same methods on
+other images, e.g. two processes on two cores. Each batch keeps the attacker's random streams of
+the run that made it: they follow the batch's position in its run.
 
 Writes the JSON (the full experiment results: config, versions, per-image metrics, loss curves),
 a markdown table (`.md`) and the PSNR-against-seconds figure (`.png`) next to it, all
@@ -41,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from common import write_json, write_text
@@ -48,7 +51,7 @@ from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, run_experiment
 from gifd.imageio import write_atomically
 from gifd.metrics import METRIC_INFO
-from gifd.results import validate_results
+from gifd.results import attack_totals, mean_utility_cost, validate_results
 from gifd.runtime import reuse_large_allocations
 
 METRICS = ("psnr", "ssim", "lpips_st")
@@ -110,15 +113,19 @@ def experiment_config(args: argparse.Namespace, num_stages: int) -> ExperimentCo
     )
 
 
-#: Config keys that may differ between the runs `--merge` joins (everything else must be equal).
+#: Config keys that may differ between runs that `--merge` joins by method (everything else must be equal).
 PER_RUN_KEYS = ("attacks", "attack_settings")
 
 
 def merge_results(parts: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
-    """One results dict from runs of one setting that ran different attacks on the same updates.
+    """One results dict from runs of one setting: by method and by image.
 
-    The runs must agree on everything but their attacks (config, images, labels, utility cost),
-    and no attack may appear twice; a GifdError names the first difference.
+    Runs on the same images that ran different attacks join by method: they must agree on
+    everything but their attacks (config, images, labels, utility cost), and no attack may appear
+    twice. The groups of runs on different, disjoint images (each group then covering the same
+    attacks) join by image: every batch keeps the attacker's random streams of the run that made
+    it (streams follow a batch's position within its run, so the joined file equals one run on all
+    the images only where the positions agree). A GifdError names the first difference.
     """
     if len(parts) < 2:
         raise GifdError("--merge takes at least two results files")
@@ -126,18 +133,45 @@ def merge_results(parts: list[dict[str, Any]], sources: list[str]) -> dict[str, 
         if not isinstance(part, dict):
             raise GifdError(f"{source} is not a methods benchmark result: pass the JSON bench/methods.py wrote")
         validate_results({k: v for k, v in part.items() if k != "benchmark"}, source)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, part in enumerate(parts):
+        groups.setdefault(tuple(part["config"]["indices"]), []).append(i)
+    joined = [
+        _merge_methods([parts[i] for i in members], [sources[i] for i in members]) for members in groups.values()
+    ]
+    merged = joined[0] if len(joined) == 1 else _join_images(joined, [sources[m[0]] for m in groups.values()])
+    walls = [part.get("benchmark", {}).get("wall_seconds") for part in parts]
+    merged["benchmark"] = {
+        **parts[0].get("benchmark", {}),
+        "wall_seconds": None if None in walls else round(sum(walls), 1),
+        "merged_from": sources,
+        # each run's own provenance (the top-level date, versions and device are the first run's)
+        "runs": [
+            {
+                "source": source,
+                "attacks": part["config"]["attacks"],
+                "indices": part["config"]["indices"],
+                "date": part["date"],
+                "versions": part["versions"],
+                "device": part["device"],
+                "threads": part.get("benchmark", {}).get("threads"),
+                "wall_seconds": part.get("benchmark", {}).get("wall_seconds"),
+            }
+            for part, source in zip(parts, sources, strict=True)
+        ],
+    }
+    validate_results({k: v for k, v in merged.items() if k != "benchmark"}, "the merged results")
+    return merged
+
+
+def _merge_methods(parts: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
+    """Runs on the same images and updates with different attacks, as one run of all of them."""
     first = parts[0]
     merged = {**first, "config": dict(first["config"]), "attacks": dict(first["attacks"])}
     merged["batches"] = [{**batch, "attacks": dict(batch["attacks"])} for batch in first["batches"]]
     shared = {key: value for key, value in first["config"].items() if key not in PER_RUN_KEYS}
     for part, source in zip(parts[1:], sources[1:], strict=True):
-        for key in sorted(set(shared) | (set(part["config"]) - set(PER_RUN_KEYS))):
-            value = shared.get(key)
-            if part["config"].get(key) != value:
-                raise GifdError(
-                    f"{source} is another setting than {sources[0]}: config {key} is "
-                    f"{part['config'].get(key)!r}, not {value!r}: merge only runs of one setting"
-                )
+        _same_config(part["config"], shared, PER_RUN_KEYS, source, sources[0])
         for key in ("images", "inferred_labels", "true_labels", "seed"):
             if part.get(key) != first.get(key):
                 raise GifdError(f"{source} and {sources[0]} differ in {key}: they did not attack the same updates")
@@ -156,27 +190,54 @@ def merge_results(parts: list[dict[str, Any]], sources: list[str]) -> dict[str, 
             **merged["config"]["attack_settings"],
             **part["config"]["attack_settings"],
         }
-    walls = [part.get("benchmark", {}).get("wall_seconds") for part in parts]
-    merged["benchmark"] = {
-        **first.get("benchmark", {}),
-        "wall_seconds": None if None in walls else round(sum(walls), 1),
-        "merged_from": sources,
-        # each run's own provenance (the top-level date, versions and device are the first run's)
-        "runs": [
-            {
-                "source": source,
-                "attacks": part["config"]["attacks"],
-                "date": part["date"],
-                "versions": part["versions"],
-                "device": part["device"],
-                "threads": part.get("benchmark", {}).get("threads"),
-                "wall_seconds": part.get("benchmark", {}).get("wall_seconds"),
-            }
-            for part, source in zip(parts, sources, strict=True)
-        ],
-    }
-    validate_results({k: v for k, v in merged.items() if k != "benchmark"}, "the merged results")
     return merged
+
+
+def _join_images(parts: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
+    """Runs of one setting and the same attacks on disjoint images, as one run on all of them."""
+    first = parts[0]
+    names = first["config"]["attacks"]
+    shared = {key: value for key, value in first["config"].items() if key not in ("indices", "attacks")}
+    seen = set(first["config"]["indices"])
+    for part, source in zip(parts[1:], sources[1:], strict=True):
+        if sorted(part["config"]["attacks"]) != sorted(names):
+            raise GifdError(
+                f"the runs on images {part['config']['indices']} ({source}) cover attacks "
+                f"{', '.join(sorted(part['config']['attacks']))}, those on {first['config']['indices']} "
+                f"({sources[0]}) {', '.join(sorted(names))}: join images only over the same methods"
+            )
+        _same_config(part["config"], shared, ("indices", "attacks"), source, sources[0])
+        overlap = sorted(seen & set(part["config"]["indices"]))
+        if overlap:
+            raise GifdError(f"{source} attacks images {overlap} again: join runs on disjoint images")
+        seen |= set(part["config"]["indices"])
+    batches = [batch for part in parts for batch in part["batches"]]
+    merged = {
+        **first,
+        "config": {**first["config"], "indices": [i for part in parts for i in part["config"]["indices"]]},
+        "images": {**first["images"], "names": [n for part in parts for n in part["images"]["names"]]},
+        "inferred_labels": [label for part in parts for label in part["inferred_labels"]],
+        "true_labels": [label for part in parts for label in part["true_labels"]],
+        "label_accuracy": float(np.mean([batch["label_accuracy"] for batch in batches])),
+        "batches": batches,
+        "attacks": {name: attack_totals(name, batches) for name in names},
+        "defense": {
+            **first["defense"],
+            "utility_cost": mean_utility_cost([batch.get("utility_cost") for batch in batches]),
+        },
+    }
+    return merged
+
+
+def _same_config(config: dict[str, Any], shared: dict[str, Any], free: tuple[str, ...], source: str, first: str) -> None:
+    """Raise unless `config` has the `shared` values for every key not in `free`."""
+    for key in sorted(set(shared) | (set(config) - set(free))):
+        value = shared.get(key)
+        if config.get(key) != value:
+            raise GifdError(
+                f"{source} is another setting than {first}: config {key} is "
+                f"{config.get(key)!r}, not {value!r}: merge only runs of one setting"
+            )
 
 
 def describe(results: dict[str, Any], num_stages: int) -> tuple[str, str]:

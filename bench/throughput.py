@@ -44,6 +44,7 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -163,6 +164,8 @@ def child_gifd(spec: dict[str, Any]) -> dict[str, Any]:
         out["log_seconds"] = [round(t - start, 4) for t in times]
         out["log_steps"] = result.log_steps
         out["best_so_far"] = curve
+        # each restart's loss at every log step (NaN once pruned): what `halving_oracle` replays
+        out["restart_history"] = [[round(v, 8) for v in losses] for losses in result.loss_history]
     return out
 
 
@@ -309,6 +312,10 @@ def case_line(case: dict[str, Any]) -> str:
     )
 
 
+#: The runs part 2 can make per seed.
+HALVING_RUNS = ("paper", "paper-sequential", "fast")
+
+
 def time_to_reach(run: dict[str, Any], target: float) -> float | None:
     """When the run's best loss so far first came within TARGET_SLACK of `target` (None: never)."""
     for seconds, best in zip(run["log_seconds"], run["best_so_far"], strict=True):
@@ -335,24 +342,29 @@ def measure_halving(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "steps_per_stage": args.halving_steps,
         "log_every": 1,
     }
-    runs = {
-        "paper": run_child({**common, "preset": "paper"}),
-        "paper-sequential": run_child({**common, "preset": "paper", "batched": False}),
-        "fast": run_child({**common, "preset": "fast"}),
+    variants: dict[str, dict[str, Any]] = {
+        "paper": {"preset": "paper"},
+        "paper-sequential": {"preset": "paper", "batched": False},
+        "fast": {"preset": "fast"},
     }
+    runs = {name: run_child({**common, **variants[name]}) for name in args.halving_runs}
     out: dict[str, Any] = {"victim": victim, "side": int(side), "restarts": 4, "seed": seed, "runs": runs}
-    if any("error" in r for r in runs.values()):
+    if any("error" in r for r in runs.values()) or "paper" not in runs:
         return out
     target = runs["paper"]["loss"]
     out["paper_final_loss"] = target
+    out["halving_oracle"] = halving_oracle(runs["paper"], args.halving_steps)
     for run in runs.values():
         run["reached_seconds"] = time_to_reach(run, target)
+    if "fast" not in runs:
+        return out
     fast, paper = runs["fast"], runs["paper"]
     if fast["reached_seconds"] is not None:
         out["fast_time_fraction_of_paper"] = fast["reached_seconds"] / paper["seconds"]
-        out["fast_time_fraction_of_paper_sequential"] = (
-            fast["reached_seconds"] / runs["paper-sequential"]["seconds"]
-        )
+        if "paper-sequential" in runs:
+            out["fast_time_fraction_of_paper_sequential"] = (
+                fast["reached_seconds"] / runs["paper-sequential"]["seconds"]
+            )
     out["fast_loss_ratio"] = fast["loss"] / target
     # The issue's test: the fast run, as it ends (early stop included), within 5 % of the paper
     # preset's final loss in at most half its time.
@@ -362,6 +374,65 @@ def measure_halving(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         out["fast_loss_ratio"] <= TARGET_SLACK and out["fast_cpu_fraction_of_paper"] <= 0.5
     )
     return out
+
+
+def halving_oracle(paper: dict[str, Any], steps_per_stage: int) -> list[dict[str, Any]]:
+    """What each pruning rule would have ended with, replayed from one paper-preset run.
+
+    A restart that halving keeps follows the same chain as in the paper run, so the restarts a
+    rule runs in each stage follow from the run's `stage_losses` (the rung's ranking at the middle
+    of stage 0 from its `restart_history`), and its final loss is the best stage loss among them.
+    That loss is the paper run's: a pruned run, batched over fewer restarts, rounds differently,
+    and Adam grows the difference over a stage as it does between the batched and the sequential
+    paper run. The time is each stage's paper time scaled by the share of restarts still running:
+    a lower bound, since fewer restarts batch less efficiently. Early stop is not replayed (a
+    stage cut short changes where the next one starts).
+    """
+    import torch
+
+    from gifd.attacks.gifd import halving_survivors
+
+    stage_losses = paper["stage_losses"]
+    stages, restarts = len(stage_losses), len(stage_losses[0])
+    # a stage's time: its median step (logged every step) x its steps, so a pause of the machine
+    # inside one stage does not shift the shares
+    clock = [0.0, *paper["log_seconds"]]
+    stage_seconds = [
+        statistics.median(b - a for a, b in itertools.pairwise(chunk)) * steps_per_stage
+        for chunk in (clock[s * steps_per_stage : (s + 1) * steps_per_stage + 1] for s in range(stages))
+    ]
+    target = min(min(losses) for losses in stage_losses)
+    rules: list[tuple[str, bool, int]] = [("rung + halving from stage 1", True, 1)]
+    rules += [(f"halving from stage {k}", False, k) for k in range(1, stages)]
+    rows = []
+    for name, rung, first_halved in rules:
+        active, share, best, survivors = list(range(restarts)), 0.0, math.inf, []
+        for stage in range(stages):
+            if stage == 0 and rung and restarts > 1:
+                history = paper["restart_history"]
+                half = steps_per_stage // 2
+                early = torch.tensor([min(history[r][:half]) for r in active])
+                kept = [active[k] for k in halving_survivors(early)]
+                share += stage_seconds[0] * (len(active) + len(kept)) / 2 / restarts
+                active = kept
+            else:
+                share += stage_seconds[stage] * len(active) / restarts
+            survivors.append(active)
+            losses = [stage_losses[stage][r] for r in active]
+            best = min(best, *losses)
+            if stage + 1 >= first_halved and stage < stages - 1 and len(active) > 1:
+                active = [active[k] for k in halving_survivors(torch.tensor(losses))]
+        fraction = share / sum(stage_seconds)
+        rows.append(
+            {
+                "rule": name,
+                "restarts_per_stage": survivors,  # the restarts each stage runs (after the rung for stage 0)
+                "final_loss_ratio": best / target,
+                "estimated_time_fraction": fraction,
+                "meets_target": bool(best / target <= TARGET_SLACK and fraction <= 0.5),
+            }
+        )
+    return rows
 
 
 def halving_lines(result: dict[str, Any]) -> list[str]:
@@ -379,10 +450,20 @@ def halving_lines(result: dict[str, Any]) -> list[str]:
             f"  {key:<16} {run['seconds']:7.1f} s, final loss {run['loss']:.4g} "
             f"({run['loss'] / target - 1:+.1%}), {reached_text}, peak RSS {run['peak_rss_mb']:.0f} MB"
         )
+    for row in result.get("halving_oracle", []):
+        lines.append(
+            f"  replayed {row['rule']:<28} final loss {row['final_loss_ratio']:.3f}x in about "
+            f"{row['estimated_time_fraction']:.2f}x the time"
+        )
     if "fast_time_fraction_of_paper" in result:
         lines.append(
             f"  fast reaches the paper's loss in {result['fast_time_fraction_of_paper']:.2f}x the paper preset's "
-            f"time ({result['fast_time_fraction_of_paper_sequential']:.2f}x of the sequential loop's)"
+            f"time"
+            + (
+                f" ({result['fast_time_fraction_of_paper_sequential']:.2f}x of the sequential loop's)"
+                if "fast_time_fraction_of_paper_sequential" in result
+                else ""
+            )
         )
     if "fast_meets_target" in result:
         lines.append(
@@ -454,6 +535,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--halving-seeds", default=None, help="seeds of the halving runs (default 0,1,2; quick 0)"
     )
+    parser.add_argument(
+        "--halving-runs",
+        default="paper,paper-sequential,fast",
+        help="which runs part 2 makes per seed (paper is needed for every comparison)",
+    )
     parser.add_argument("--no-halving", action="store_true", help="skip part 2")
     parser.add_argument("--halving-only", action="store_true", help="skip part 1")
     parser.add_argument("--device", default="cpu")
@@ -472,6 +558,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.halving_seeds = parse_list(
         args.halving_seeds or ("0" if args.quick else "0,1,2"), "--halving-seeds", int
     )
+    args.halving_runs = parse_list(args.halving_runs, "--halving-runs")
+    unknown = sorted(set(args.halving_runs) - set(HALVING_RUNS))
+    if unknown:
+        raise SystemExit(f"error: --halving-runs {', '.join(unknown)} unknown: choose from {', '.join(HALVING_RUNS)}")
     for flag, value in (
         ("--steps", args.steps),
         ("--repeats", args.repeats),

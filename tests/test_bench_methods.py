@@ -82,6 +82,44 @@ def test_merge_refuses_other_settings_and_repeated_methods(methods: Any) -> None
         methods.merge_results([gifd, {"base": {}, "rows": []}], ["a.json", "defenses.json"])
 
 
+def _images(results: dict[str, Any], lo: int, hi: int) -> dict[str, Any]:
+    """The results as a run on images [lo, hi) of the same setting would have written them."""
+    from gifd.results import attack_totals
+
+    part = copy.deepcopy(results)
+    part["config"]["indices"] = part["config"]["indices"][lo:hi]
+    part["images"]["names"] = part["images"]["names"][lo:hi]
+    for key in ("inferred_labels", "true_labels", "batches"):
+        part[key] = part[key][lo:hi]
+    part["attacks"] = {name: attack_totals(name, part["batches"]) for name in part["attacks"]}
+    part["label_accuracy"] = sum(b["label_accuracy"] for b in part["batches"]) / len(part["batches"])
+    return part
+
+
+def test_merge_joins_runs_on_other_images(methods: Any) -> None:
+    whole = json.loads(RESULTS.read_text())
+    names = whole["config"]["attacks"]
+    half = len(whole["batches"]) // 2
+    front, back = _images(whole, 0, half), _images(whole, half, len(whole["batches"]))
+    # the back half by method in the other order: method order within a group is free
+    parts = [_only(front, names[:1]), _only(front, names[1:]), _only(back, names[3:]), _only(back, names[:3])]
+    merged = methods.merge_results(parts, ["a.json", "b.json", "c.json", "d.json"])
+    for key in ("config", "images", "inferred_labels", "true_labels", "batches", "label_accuracy", "defense"):
+        assert merged[key] == whole[key], key
+    assert merged["attacks"] == whole["attacks"]  # the per-image means of all 8 images, as the run wrote them
+    assert [run["indices"] for run in merged["benchmark"]["runs"]] == [whole["config"]["indices"][:half]] * 2 + [
+        whole["config"]["indices"][half:]
+    ] * 2
+    with pytest.raises(GifdError, match="c.json attacks images \\[0, 1\\] again: join runs on disjoint images"):
+        methods.merge_results([front, back, _images(whole, 0, 2)], ["a.json", "b.json", "c.json"])
+    with pytest.raises(GifdError, match="cover attacks gifd, .*join images only over the same methods"):
+        methods.merge_results([front, _only(back, names[:1])], ["a.json", "b.json"])
+    other_budget = copy.deepcopy(back)
+    other_budget["config"]["steps"] = 7
+    with pytest.raises(GifdError, match="b.json is another setting than a.json: config steps is 7"):
+        methods.merge_results([front, other_budget], ["a.json", "b.json"])
+
+
 def test_merge_needs_an_output_path(methods: Any, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         methods.parse_args(["--merge", "a.json", "b.json"])
