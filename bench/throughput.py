@@ -316,7 +316,7 @@ def case_line(case: dict[str, Any]) -> str:
 
 
 #: The runs part 2 can make per seed.
-HALVING_RUNS = ("paper", "paper-sequential", "fast")
+HALVING_RUNS = ("paper", "paper-sequential", "fast", "fast-no-early-stop")
 
 
 def time_to_reach(run: dict[str, Any], target: float) -> float | None:
@@ -325,6 +325,24 @@ def time_to_reach(run: dict[str, Any], target: float) -> float | None:
         if best <= TARGET_SLACK * target:
             return seconds
     return run["seconds"] if run["loss"] <= TARGET_SLACK * target else None
+
+
+def reference_paper_run(args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:
+    """The paper run of this seed from `--halving-reference` (an earlier result of this setting)."""
+    try:
+        reference = json.loads(Path(args.halving_reference).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"error: --halving-reference {args.halving_reference}: {exc}") from None
+    if (reference.get("settings") or {}).get("halving_steps_per_stage") != common["steps_per_stage"]:
+        raise SystemExit(f"error: --halving-reference {args.halving_reference} ran another --halving-steps")
+    for result in (reference.get("halving") or {}).get("runs", []):
+        same = (result["victim"], result["side"], result["seed"]) == (common["victim"], common["side"], common["seed"])
+        if same and "paper" in result["runs"]:
+            return {**result["runs"]["paper"], "reference": args.halving_reference}
+    raise SystemExit(
+        f"error: --halving-reference {args.halving_reference} has no paper run of "
+        f"{args.halving_victim} seed {common['seed']}: run it with --halving-runs paper first"
+    )
 
 
 def measure_halving(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -349,8 +367,11 @@ def measure_halving(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "paper": {"preset": "paper"},
         "paper-sequential": {"preset": "paper", "batched": False},
         "fast": {"preset": "fast"},
+        "fast-no-early-stop": {"preset": "fast", "early_stop": False},  # the fast preset's pruning alone
     }
     runs = {name: run_child({**common, **variants[name]}) for name in args.halving_runs}
+    if "paper" not in runs and args.halving_reference:
+        runs = {"paper": reference_paper_run(args, common), **runs}
     out: dict[str, Any] = {"victim": victim, "side": int(side), "restarts": 4, "seed": seed, "runs": runs}
     if any("error" in r for r in runs.values()) or "paper" not in runs:
         return out
@@ -359,9 +380,10 @@ def measure_halving(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     out["halving_oracle"] = halving_oracle(runs["paper"], args.halving_steps)
     for run in runs.values():
         run["reached_seconds"] = time_to_reach(run, target)
-    if "fast" not in runs:
+    fast_name = next((name for name in ("fast", "fast-no-early-stop") if name in runs), None)
+    if fast_name is None:
         return out
-    fast, paper = runs["fast"], runs["paper"]
+    fast, paper = runs[fast_name], runs["paper"]
     if fast["reached_seconds"] is not None:
         out["fast_time_fraction_of_paper"] = fast["reached_seconds"] / paper["seconds"]
         if "paper-sequential" in runs:
@@ -542,6 +564,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--halving-runs",
         default="paper,paper-sequential,fast",
         help="which runs part 2 makes per seed (paper is needed for every comparison)",
+    )
+    parser.add_argument(
+        "--halving-reference",
+        help="take the paper runs from this earlier result of the same setting (with --halving-runs not naming paper)",
     )
     parser.add_argument("--no-halving", action="store_true", help="skip part 2")
     parser.add_argument("--halving-only", action="store_true", help="skip part 1")

@@ -3,6 +3,7 @@ the rung inside the first stage (survivors keep their trajectories), and the pre
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -178,4 +179,33 @@ def test_the_halving_replay_of_a_paper_run_matches_the_pruned_runs(prior, target
         )
     # restart-stages run out of 4 x 3: rung 3 + 1 + 1, halving 4 + 2 + 1, halving after stage 1: 4 + 4 + 2
     assert [row["estimated_time_fraction"] for row in replayed] == pytest.approx([5 / 12, 7 / 12, 10 / 12])
+    sys.modules.pop("throughput", None)
+
+
+def test_a_halving_reference_must_be_of_the_same_setting(tmp_path, monkeypatch) -> None:
+    """bench/throughput.py --halving-reference reuses paper runs only of the same steps and seed."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import throughput
+
+    paper = {"loss": 0.5, "stage_losses": [[0.5]]}
+    reference = tmp_path / "reference.json"
+    reference.write_text(
+        json.dumps(
+            {
+                "settings": {"halving_steps_per_stage": 100},
+                "halving": {"runs": [{"victim": "convnet", "side": 64, "seed": 1, "runs": {"paper": paper}}]},
+            }
+        )
+    )
+    common = {"victim": "convnet", "side": 64, "seed": 1, "steps_per_stage": 100}
+    args = throughput.parse_args(
+        ["--halving-only", "--halving-victim", "convnet-64", "--halving-reference", str(reference)]
+    )
+    assert throughput.reference_paper_run(args, common) == {**paper, "reference": str(reference)}
+    with pytest.raises(SystemExit, match="has no paper run of convnet-64 seed 2"):
+        throughput.reference_paper_run(args, {**common, "seed": 2})
+    with pytest.raises(SystemExit, match="ran another --halving-steps"):
+        throughput.reference_paper_run(args, {**common, "steps_per_stage": 1000})
+    with pytest.raises(SystemExit, match="unknown: choose from"):
+        throughput.parse_args(["--halving-runs", "paper,fastest"])
     sys.modules.pop("throughput", None)
