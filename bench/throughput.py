@@ -28,7 +28,9 @@ against the paper run's: the target is <= 1.05x the loss in <= 0.5x the time); f
 halving keeps the restart the paper preset ends with varies with the restarts' starting points.
 Each paper run is also replayed (`halving_oracle`): which restarts every pruning rule (the rung,
 halving from stage k) would have kept, its final loss and its estimated time, from that one run.
-`--halving-runs` picks the runs made per seed (paper, paper-sequential, fast).
+`--halving-runs` picks the runs made per seed (paper, paper-sequential, fast, fast-no-early-stop:
+the fast preset's pruning alone); `--halving-reference FILE` takes the paper runs from an earlier
+result of the same setting instead of running them again.
 
 Every measurement runs in a fresh child process, so its peak memory is its own: peak resident set
 size on the CPU (`resource.getrusage`), `torch.cuda.max_memory_allocated` on CUDA. Other processes
@@ -40,7 +42,8 @@ Usage (from the repository root):
     .venv/bin/python bench/throughput.py [--quick] [--threads N] [--steps K] [--repeats M]
         [--min-seconds S] [--victims lenet,convnet,resnet18] [--sides 32,64] [--restarts 4,8]
         [--halving-steps K] [--halving-victim convnet-32] [--halving-seeds 0,1,2]
-        [--halving-runs paper,paper-sequential,fast] [--no-halving | --halving-only] [--device cpu]
+        [--halving-runs paper,paper-sequential,fast,fast-no-early-stop] [--halving-reference FILE]
+        [--no-halving | --halving-only] [--device cpu]
         [--out bench/results/throughput.json]
 """
 
