@@ -321,8 +321,14 @@ def case_line(case: dict[str, Any]) -> str:
 #: A child run's per-step records (large at the paper's budget).
 PER_STEP_KEYS = ("log_seconds", "log_steps", "best_so_far", "restart_history")
 
-#: The runs part 2 can make per seed.
-HALVING_RUNS = ("paper", "paper-sequential", "fast", "fast-no-early-stop")
+#: The runs part 2 can make per seed, with the GIFD settings of each.
+HALVING_VARIANTS: dict[str, dict[str, Any]] = {
+    "paper": {"preset": "paper"},
+    "paper-sequential": {"preset": "paper", "batched": False},
+    "fast": {"preset": "fast"},
+    "fast-no-early-stop": {"preset": "fast", "early_stop": False},  # the fast preset's pruning alone
+}
+HALVING_RUNS = tuple(HALVING_VARIANTS)
 
 
 def time_to_reach(run: dict[str, Any], target: float) -> float | None:
@@ -369,13 +375,7 @@ def measure_halving(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "steps_per_stage": args.halving_steps,
         "log_every": 1,
     }
-    variants: dict[str, dict[str, Any]] = {
-        "paper": {"preset": "paper"},
-        "paper-sequential": {"preset": "paper", "batched": False},
-        "fast": {"preset": "fast"},
-        "fast-no-early-stop": {"preset": "fast", "early_stop": False},  # the fast preset's pruning alone
-    }
-    runs = {name: run_child({**common, **variants[name]}) for name in args.halving_runs}
+    runs = {name: run_child({**common, **HALVING_VARIANTS[name]}) for name in args.halving_runs}
     if "paper" not in runs and args.halving_reference:
         runs = {"paper": reference_paper_run(args, common), **runs}
     out: dict[str, Any] = {"victim": victim, "side": int(side), "restarts": 4, "seed": seed, "runs": runs}
