@@ -31,7 +31,9 @@ the run that made it: they follow the batch's position in its run.
 
 Writes the JSON (the full experiment results: config, versions, per-image metrics, loss curves),
 a markdown table (`.md`) and the PSNR-against-seconds figure (`.png`) next to it, all
-atomically, and prints the table.
+atomically, and prints the table. After every image the finished ones are saved to
+OUT.checkpoint.pt: a run that is cut resumes there when started again with the same flags (the
+results equal an uninterrupted run's); the checkpoint is removed once the JSON is written.
 """
 
 from __future__ import annotations
@@ -316,23 +318,30 @@ def main(argv: list[str] | None = None) -> None:
             config = experiment_config(args, num_stages)
     except (GifdError, OSError, json.JSONDecodeError) as exc:
         raise SystemExit(str(exc)) from None
+    mode = "_paper" if args.stage_steps is not None else ""
+    out = Path(args.out or f"bench/results/methods_{args.victim}{mode}.json")
+    checkpoint = out.with_suffix(".checkpoint.pt")
     if not args.merge:
         start = time.perf_counter()
-        results = run_experiment(config, None, progress=True)
+        try:
+            results = run_experiment(config, None, progress=True, checkpoint=checkpoint)
+        except GifdError as exc:
+            raise SystemExit(str(exc)) from None
         results["benchmark"] = {
             "name": "methods",
             "mode": "paper" if args.stage_steps is not None else "equal",
+            # of this process only: a resumed run's earlier batches keep their seconds in the table
             "wall_seconds": round(time.perf_counter() - start, 1),
             "threads": torch.get_num_threads(),
         }
-    mode = "_paper" if args.stage_steps is not None else ""
-    out = Path(args.out or f"bench/results/methods_{args.victim}{mode}.json")
     budget, header = describe(results, num_stages)
     table = markdown_table(results)
     figure = psnr_seconds_figure(results, f"{results['config']['victim']}, {budget}")
     write_json(out, results)
     write_text(out.with_suffix(".md"), header + table + "\n")
     write_atomically(out.with_suffix(".png"), lambda handle: handle.write(figure))
+    if not args.merge:
+        checkpoint.unlink(missing_ok=True)  # its batches are in the JSON now
     print(header + table)
 
 

@@ -94,7 +94,8 @@ def _setup(spec: dict[str, Any]):  # type: ignore[no-untyped-def]
         torch.set_num_threads(spec["threads"])
     device = resolve_device(spec.get("device"))
     victim = create_victim(spec["victim"], resolution=spec["side"], num_classes=10, seed=0, device=device)
-    images = load_images(IMAGE_SOURCE, spec["side"], indices=[0]).images
+    source, index = spec.get("image", (IMAGE_SOURCE, 0))
+    images = load_images(source, spec["side"], indices=[index]).images
     labels = torch.tensor([LABEL])
     target = Target(victim, compute_update(victim, images, labels), labels)
     return torch, device, victim, target, create_prior
@@ -348,12 +349,19 @@ def reference_paper_run(args: argparse.Namespace, common: dict[str, Any]) -> dic
     if (reference.get("settings") or {}).get("halving_steps_per_stage") != common["steps_per_stage"]:
         raise SystemExit(f"error: --halving-reference {args.halving_reference} ran another --halving-steps")
     for result in (reference.get("halving") or {}).get("runs", []):
-        same = (result["victim"], result["side"], result["seed"]) == (common["victim"], common["side"], common["seed"])
+        image = tuple(result.get("image", (IMAGE_SOURCE, 0)))  # results before --halving-image: the default
+        same = (result["victim"], result["side"], result["seed"], image) == (
+            common["victim"],
+            common["side"],
+            common["seed"],
+            tuple(common["image"]),
+        )
         if same and "paper" in result["runs"]:
             return {**result["runs"]["paper"], "reference": args.halving_reference}
     raise SystemExit(
         f"error: --halving-reference {args.halving_reference} has no paper run of "
-        f"{args.halving_victim} seed {common['seed']}: run it with --halving-runs paper first"
+        f"{args.halving_victim} seed {common['seed']} on {':'.join(map(str, common['image']))}: run it with "
+        "--halving-runs paper first"
     )
 
 
@@ -374,11 +382,19 @@ def measure_halving(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "device": args.device,
         "steps_per_stage": args.halving_steps,
         "log_every": 1,
+        "image": list(args.halving_image),
     }
     runs = {name: run_child({**common, **HALVING_VARIANTS[name]}) for name in args.halving_runs}
     if "paper" not in runs and args.halving_reference:
         runs = {"paper": reference_paper_run(args, common), **runs}
-    out: dict[str, Any] = {"victim": victim, "side": int(side), "restarts": 4, "seed": seed, "runs": runs}
+    out: dict[str, Any] = {
+        "victim": victim,
+        "side": int(side),
+        "image": common["image"],
+        "restarts": 4,
+        "seed": seed,
+        "runs": runs,
+    }
     if any("error" in r for r in runs.values()) or "paper" not in runs:
         return out
     target = runs["paper"]["loss"]
@@ -469,7 +485,8 @@ def halving_oracle(paper: dict[str, Any], steps_per_stage: int) -> list[dict[str
 
 
 def halving_lines(result: dict[str, Any]) -> list[str]:
-    name = f"{result['victim']}-{result['side']}px R={result['restarts']} seed {result['seed']}"
+    source, index = result.get("image", (IMAGE_SOURCE, 0))
+    name = f"{result['victim']}-{result['side']}px R={result['restarts']} {source}[{index}] seed {result['seed']}"
     runs = result["runs"]
     errors = [f"{k}: {r['error']}" for k, r in runs.items() if "error" in r]
     if errors:
@@ -545,6 +562,19 @@ def parse_list(text: str, flag: str, cast=str) -> list:  # type: ignore[no-untyp
     return values
 
 
+def parse_image(text: str) -> tuple[str, int]:
+    """(source, index) of `--halving-image SOURCE:INDEX`; the evaluation set is refused."""
+    source, _, index = text.rpartition(":")
+    if not source or not index.isdigit():
+        raise SystemExit(f"error: --halving-image {text!r}: give SOURCE:INDEX, e.g. builtin:imagenet:0")
+    if source == "builtin:photos":
+        raise SystemExit(
+            "error: --halving-image: builtin:photos is the evaluation set of the methods benchmark and the fast "
+            "preset's rules are judged here: take a calibration image (builtin:cifar10, builtin:imagenet)"
+        )
+    return source, int(index)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -565,6 +595,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--halving-steps", type=int, default=None, help="steps per stage (default 100, quick 6)"
     )
     parser.add_argument("--halving-victim", default="convnet-32", help="victim-side of the halving run")
+    parser.add_argument(
+        "--halving-image",
+        default=f"{IMAGE_SOURCE}:0",
+        help=f"SOURCE:INDEX, the private image of the halving runs (default {IMAGE_SOURCE}:0)",
+    )
     parser.add_argument(
         "--halving-seeds", default=None, help="seeds of the halving runs (default 0,1,2; quick 0)"
     )
@@ -596,6 +631,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.halving_seeds or ("0" if args.quick else "0,1,2"), "--halving-seeds", int
     )
     args.halving_runs = parse_list(args.halving_runs, "--halving-runs")
+    args.halving_image = parse_image(args.halving_image)
     unknown = sorted(set(args.halving_runs) - set(HALVING_RUNS))
     if unknown:
         raise SystemExit(f"error: --halving-runs {', '.join(unknown)} unknown: choose from {', '.join(HALVING_RUNS)}")
@@ -649,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "prior": PRIOR,
             "image": f"{IMAGE_SOURCE}[0], batch 1",
+            "halving_image": f"{args.halving_image[0]}[{args.halving_image[1]}], batch 1",
             "steps_per_stage": args.steps,
             "repeats": args.repeats,
             "halving_steps_per_stage": args.halving_steps,

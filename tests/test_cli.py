@@ -438,6 +438,23 @@ def test_save_update_writes_an_update_that_attacks_again(tmp_path: Path) -> None
     assert read_results(again)["inferred_labels"] == read_results(first)["inferred_labels"]
 
 
+def test_checkpoint_flag_resumes_a_run_and_is_removed_once_the_run_is_written(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "run.checkpoint.pt"
+    notes = tmp_path / "notes.pt"
+    notes.write_text("the user's own file")
+    argv = ["attack", *TINY, "--attack", "ig", "--indices", "0,1", "--batch-size", "1"]
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "refused"), "--checkpoint", str(notes)])
+    assert code == 2 and "is not a gifd experiment checkpoint" in err and notes.read_text() == "the user's own file"
+    assert not (tmp_path / "refused").exists()
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "whole")])
+    assert code == 0, err
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "checked"), "--checkpoint", str(checkpoint)])
+    assert code == 0, err
+    assert not checkpoint.exists()
+    whole, checked = read_results(tmp_path / "whole"), read_results(tmp_path / "checked")
+    assert checked["attacks"]["ig"]["per_image"] == whole["attacks"]["ig"]["per_image"]
+
+
 def test_stage_steps_gives_every_stage_of_the_staged_attacks_that_many_steps(tmp_path: Path) -> None:
     from gifd.cli import build_parser
     from gifd.cli.attack import config_from_args

@@ -183,7 +183,7 @@ def test_the_halving_replay_of_a_paper_run_matches_the_pruned_runs(prior, target
 
 
 def test_a_halving_reference_must_be_of_the_same_setting(tmp_path, monkeypatch) -> None:
-    """bench/throughput.py --halving-reference reuses paper runs only of the same steps and seed."""
+    """bench/throughput.py --halving-reference reuses paper runs only of the same steps, seed and image."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
     import throughput
 
@@ -197,13 +197,22 @@ def test_a_halving_reference_must_be_of_the_same_setting(tmp_path, monkeypatch) 
             }
         )
     )
-    common = {"victim": "convnet", "side": 64, "seed": 1, "steps_per_stage": 100}
+    # a result written before --halving-image ran on the default image, builtin:cifar10 0
+    common = {"victim": "convnet", "side": 64, "seed": 1, "steps_per_stage": 100, "image": ["builtin:cifar10", 0]}
     args = throughput.parse_args(
         ["--halving-only", "--halving-victim", "convnet-64", "--halving-reference", str(reference)]
     )
+    assert args.halving_image == ("builtin:cifar10", 0)
     assert throughput.reference_paper_run(args, common) == {**paper, "reference": str(reference)}
-    with pytest.raises(SystemExit, match="has no paper run of convnet-64 seed 2"):
+    with pytest.raises(SystemExit, match="has no paper run of convnet-64 seed 2 on builtin:cifar10:0"):
         throughput.reference_paper_run(args, {**common, "seed": 2})
+    with pytest.raises(SystemExit, match="has no paper run of convnet-64 seed 1 on builtin:imagenet:3"):
+        throughput.reference_paper_run(args, {**common, "image": ["builtin:imagenet", 3]})
+    assert throughput.parse_args(["--halving-image", "builtin:imagenet:3"]).halving_image == ("builtin:imagenet", 3)
+    with pytest.raises(SystemExit, match="give SOURCE:INDEX"):
+        throughput.parse_args(["--halving-image", "builtin:imagenet"])
+    with pytest.raises(SystemExit, match="evaluation set of the methods benchmark"):
+        throughput.parse_args(["--halving-image", "builtin:photos:0"])
     with pytest.raises(SystemExit, match="ran another --halving-steps"):
         throughput.reference_paper_run(args, {**common, "steps_per_stage": 1000})
     with pytest.raises(SystemExit, match="unknown: choose from"):

@@ -11,10 +11,12 @@ start, and an attack draws the same start whichever other attacks run.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gifd.attacker import attack_update
 from gifd.calibration import resolve_auto_radii
@@ -25,6 +27,7 @@ from gifd.device import resolve_device, seed_everything, torch_threads
 from gifd.errors import GifdError
 from gifd.evaluation import Gallery, score_attempt
 from gifd.fedavg import LocalTraining
+from gifd.imageio import write_atomically
 from gifd.plan import AttackPlan, ExperimentConfig, check_attacks_fit, experiment_config
 from gifd.priors import StagedGenerator
 from gifd.results import run_results, validate_results
@@ -42,27 +45,38 @@ def run_experiment(
     *,
     progress: bool = True,
     save_update: bool = False,
+    checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run `config`; return the results dict, and with `out` write results.json and PNGs there.
 
     `save_update` also writes the update the client sent as OUT/update.pt (gifd format, for
     `gifd attack --update`); it takes a run of one batch and an `out`.
 
+    `checkpoint`: a file the run saves its finished batches to after every batch, and resumes
+    from when it already holds batches of the same config: those are not attacked again. Every
+    batch draws from its own streams, so a resumed run gives the results of an uninterrupted one
+    (its seconds excepted). The file stays; delete it once the results are safe.
+
     The output directory appears complete or not at all: everything is written to a temporary
     directory beside it and renamed into place at the end. The run uses `config.threads` torch
     threads when set (the count is restored afterwards).
     """
+    if checkpoint is not None and (save_update or config.update is not None):
+        raise GifdError(
+            "a checkpoint resumes a run of several batches; --save-update and --update attack one update: "
+            "drop the checkpoint"
+        )
     if save_update and (out is None or config.update is not None or len(config.indices) != config.batch_size):
         raise GifdError(
             "--save-update saves the one update a run computes: give --out and one batch (as many --indices "
             "as --batch-size), and no --update"
         )
     with torch_threads(config.threads):
-        return _run_experiment(config, out, progress, save_update)
+        return _run_experiment(config, out, progress, save_update, None if checkpoint is None else Path(checkpoint))
 
 
 def _run_experiment(
-    config: ExperimentConfig, out: str | Path | None, progress: bool, save_update: bool
+    config: ExperimentConfig, out: str | Path | None, progress: bool, save_update: bool, checkpoint: Path | None
 ) -> dict[str, Any]:
     seed_everything(config.seed)
     if config.update is not None:
@@ -70,6 +84,13 @@ def _run_experiment(
     device = resolve_device(config.device)
     if out is not None:
         check_replaceable(Path(out), "run")
+    batches: list[dict[str, Any]] = []
+    gallery = Gallery()
+    asked = config.model_dump(mode="json")  # before `radii: auto` is resolved: what the user gave
+    if checkpoint is not None:
+        batches, gallery = _read_checkpoint(checkpoint, asked)
+        if batches and progress:
+            print(f"resuming from {checkpoint}: {len(batches)} batch(es) done", file=sys.stderr)
     private = load_images(config.images, config.resolution, config.indices)
     num_classes = config.num_classes or private.num_classes or 10
     victim = create_victim(
@@ -88,9 +109,9 @@ def _run_experiment(
     prior = config.load_prior(device)
     check_attacks_fit(config, prior)
     config = resolve_auto_radii(config, victim, prior, progress=progress)
-    batches: list[dict[str, Any]] = []
-    gallery = Gallery()
     for index, start in enumerate(range(0, len(private), config.batch_size)):
+        if index < len(batches):
+            continue  # finished before the run was cut: its record and images come from the checkpoint
         images = private.images[start : start + config.batch_size]
         batch_labels = labels[start : start + config.batch_size]
         shared = client.share(images, batch_labels, index)  # the client's side
@@ -107,6 +128,8 @@ def _run_experiment(
         )
         batches.append(score_attempt(attempt, (images, batch_labels), victim, gallery))  # the evaluation's
         batches[-1]["utility_cost"] = shared.utility_cost
+        if checkpoint is not None:
+            _write_checkpoint(checkpoint, asked, batches, gallery)
     results = run_results(
         config.model_copy(update={"num_classes": num_classes}), device, private, batches, client.defense
     )
@@ -118,6 +141,41 @@ def _run_experiment(
             Path(out), results, private.images, *gallery.joined(len(batches)), update=shared.update if save_update else None
         )
     return results
+
+
+#: The `format` entry that marks a file as a checkpoint of `run_experiment`.
+CHECKPOINT_FORMAT = "gifd-experiment-checkpoint/1"
+
+
+def _read_checkpoint(path: Path, config: dict[str, Any]) -> tuple[list[dict[str, Any]], Gallery]:
+    """The finished batches and their images saved in `path` by a run of `config` (none if no file).
+
+    Refuses a file that is not such a checkpoint, or one of another config, before any work: it
+    is never overwritten or resumed by mistake.
+    """
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise GifdError(f"checkpoint {path}: folder {path.parent} does not exist: create it first")
+        return [], Gallery()
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # any unpickling failure means: not ours
+        saved = None
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise GifdError(f"checkpoint {path} exists and is not a gifd experiment checkpoint: pass another path")
+    if saved["config"] != config:
+        differ = sorted(k for k in set(config) | set(saved["config"]) if config.get(k) != saved["config"].get(k))
+        raise GifdError(
+            f"checkpoint {path} was saved by a run of another config (it differs in {', '.join(differ)}): "
+            "run that config again, or pass another checkpoint path"
+        )
+    return saved["batches"], Gallery(saved["images"], saved["stages"])
+
+
+def _write_checkpoint(path: Path, config: dict[str, Any], batches: list[dict[str, Any]], gallery: Gallery) -> None:
+    """Save the finished batches and their images to `path`, replacing it only when complete."""
+    saved = {"format": CHECKPOINT_FORMAT, "config": config, "batches": batches, "images": gallery.images, "stages": gallery.stages}
+    write_atomically(path, lambda handle: torch.save(saved, handle))
 
 
 def attack_received_update(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gifd import catalog
@@ -35,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--save-update",
         action="store_true",
         help="also save the client's update as OUT/update.pt (attack it again later with --update)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        help="save the finished batches to this file after every batch, and resume from it when a run of "
+        "the same settings was cut; removed once OUT is written",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -146,8 +152,11 @@ def run(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     settings = [d.spec() for d in parse_defense_sweep(config.defense)] if config.defense else []
     if len(settings) > 1:
-        if args.save_update:
-            raise GifdError("--save-update saves the update of one run, not of a --defense sweep: drop one")
+        if args.save_update or args.checkpoint:
+            raise GifdError(
+                "--save-update and --checkpoint serve one run, not a --defense sweep (a cut sweep resumes by "
+                "itself): drop them"
+            )
         # `--defense prune:0.1,0.3,0.5`: one run per setting, as a sweep over the defense axis, with
         # plots of reconstruction quality and the update's utility cost against the strength.
         base = config.model_dump(mode="json", exclude={"defense"}, exclude_defaults=True)
@@ -156,7 +165,11 @@ def run(args: argparse.Namespace) -> None:
         print(format_aggregate_table(aggregate))
         print(f"one results.json per setting under {args.out}/jobs; aggregate and plots in {args.out}")
         return
-    results = run_experiment(config, args.out, progress=not args.quiet, save_update=args.save_update)
+    results = run_experiment(
+        config, args.out, progress=not args.quiet, save_update=args.save_update, checkpoint=args.checkpoint
+    )
+    if args.checkpoint:
+        Path(args.checkpoint).unlink()  # the run's own checkpoint: its batches are in OUT now
     report = write_report(args.out)
     print(format_table(results))
     print(f"results written to {args.out}/results.json; report: {report}")
