@@ -13,6 +13,7 @@ import torch
 import gifd.experiment
 from gifd.errors import GifdError
 from gifd.experiment import CHECKPOINT_FORMAT, experiment_config, run_experiment
+from gifd.results import versions
 
 #: Three batches of one real CIFAR-10 image each; GIFD (staged, so stage images too) and IG.
 BASE: dict[str, Any] = {
@@ -97,10 +98,16 @@ def test_files_that_are_not_this_runs_checkpoint_are_refused_before_any_work(
     assert notes.read_text() == "the user's own file"
 
     other = tmp_path / "other.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "config": experiment_config({**BASE, "steps": 20}).model_dump(mode="json"),
-                "batches": [], "images": {}, "stages": {}}, other)  # fmt: skip
+    saved = {"format": CHECKPOINT_FORMAT, "config": experiment_config({**BASE, "steps": 20}).model_dump(mode="json"),
+             "versions": {k: str(v) for k, v in versions().items()}, "batches": [], "images": {}, "stages": {}}  # fmt: skip
+    torch.save(saved, other)
     with pytest.raises(GifdError, match=r"another config \(it differs in steps\)"):
         run_experiment(experiment_config(BASE), progress=False, checkpoint=other)
+    older = tmp_path / "older.pt"
+    torch.save({**saved, "config": experiment_config(BASE).model_dump(mode="json"),
+                "versions": {**saved["versions"], "torch": "2.0.0"}}, older)  # fmt: skip
+    with pytest.raises(GifdError, match=r"saved by other software \(torch differ\)"):
+        run_experiment(experiment_config(BASE), progress=False, checkpoint=older)
     with pytest.raises(GifdError, match="folder .*missing does not exist"):
         run_experiment(experiment_config(BASE), progress=False, checkpoint=tmp_path / "missing" / "c.pt")
     with pytest.raises(GifdError, match="drop the checkpoint"):

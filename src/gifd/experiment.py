@@ -30,7 +30,7 @@ from gifd.fedavg import LocalTraining
 from gifd.imageio import write_atomically
 from gifd.plan import AttackPlan, ExperimentConfig, check_attacks_fit, experiment_config
 from gifd.priors import StagedGenerator
-from gifd.results import run_results, validate_results
+from gifd.results import run_results, validate_results, versions
 from gifd.rundir import check_replaceable, write_run
 from gifd.update import Update, load_update, validate_update, weights_fingerprint
 from gifd.victims import Victim, create_victim, normalization_name
@@ -169,12 +169,31 @@ def _read_checkpoint(path: Path, config: dict[str, Any]) -> tuple[list[dict[str,
             f"checkpoint {path} was saved by a run of another config (it differs in {', '.join(differ)}): "
             "run that config again, or pass another checkpoint path"
         )
+    current = _plain_versions()
+    if saved["versions"] != current:
+        differ = sorted(key for key in current if current[key] != saved["versions"].get(key))
+        raise GifdError(
+            f"checkpoint {path} was saved by other software ({', '.join(differ)} differ): its batches and "
+            "new ones would not be one run; pass another checkpoint path"
+        )
     return saved["batches"], Gallery(saved["images"], saved["stages"])
+
+
+def _plain_versions() -> dict[str, str]:
+    """`versions()` as plain strings (torch's is a str subclass that a weights-only load refuses)."""
+    return {key: str(value) for key, value in versions().items()}
 
 
 def _write_checkpoint(path: Path, config: dict[str, Any], batches: list[dict[str, Any]], gallery: Gallery) -> None:
     """Save the finished batches and their images to `path`, replacing it only when complete."""
-    saved = {"format": CHECKPOINT_FORMAT, "config": config, "batches": batches, "images": gallery.images, "stages": gallery.stages}
+    saved = {
+        "format": CHECKPOINT_FORMAT,
+        "config": config,
+        "versions": _plain_versions(),
+        "batches": batches,
+        "images": gallery.images,
+        "stages": gallery.stages,
+    }
     write_atomically(path, lambda handle: torch.save(saved, handle))
 
 
