@@ -188,10 +188,10 @@ def test_select_restarts_takes_the_rows_of_the_kept_restarts() -> None:
 
 
 def test_presets() -> None:
-    assert preset_settings("fast") == {"batched": True, "halving": True, "rung": True, "early_stop": True}
+    assert preset_settings("fast") == {"batched": True, "halving": True, "rung": True, "early_stop": False}
     assert preset_settings("paper") == {"batched": True, "halving": False, "rung": False, "early_stop": False}
     fast = GIFDConfig(preset="fast")
-    assert fast.halving and fast.batched and fast.rung and fast.early_stop
+    assert fast.halving and fast.batched and fast.rung and not fast.early_stop
     assert not GIFDConfig(preset="fast", halving=False).halving  # explicit keys win
     assert not GIFDConfig().halving and GIFDConfig().batched
     assert GIFDConfig.model_validate_json(fast.model_dump_json()) == fast

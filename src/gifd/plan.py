@@ -41,7 +41,7 @@ class AttackPlan(BaseModel):
     stage_steps: Count | None = None
     restarts: Count | None = None
     #: Named settings of the attacks that have presets (gifd, latent, gifd-noball, gias): "paper"
-    #: (each restart runs its full budget) or "fast" (early stop; GIFD also prunes restarts).
+    #: (each restart runs its full budget) or "fast" (GIFD prunes restarts; GIAS stops early).
     #: None: each attack's own default ("paper"). `attack_settings` override it.
     preset: Literal["paper", "fast"] | None = None
     #: Per-attack settings, e.g. {"ig": {"tv": 1e-3}}; override the shared steps/restarts.

@@ -98,7 +98,8 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=["paper", "fast"],
         help="settings of the GAN-based attacks: paper (full budget for every restart, the default) or "
-        "fast (early stop on a plateau; gifd also prunes the worse half of the restarts)",
+        "fast (gifd, latent and gifd-noball prune the worse half of the restarts at a rung and after every stage; "
+        "gias stops early on a plateau)",
     )
     add(
         "--defense",
