@@ -327,7 +327,7 @@ HALVING_VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"preset": "paper"},
     "paper-sequential": {"preset": "paper", "batched": False},
     "fast": {"preset": "fast"},
-    "fast-early-stop": {"preset": "fast", "early_stop": True},  # the fast preset before 2026-12-02
+    "fast-early-stop": {"preset": "fast", "early_stop": True},  # the fast preset until 2026-12-01
 }
 HALVING_RUNS = tuple(HALVING_VARIANTS)
 

@@ -150,8 +150,8 @@ CHECKPOINT_FORMAT = "gifd-experiment-checkpoint/1"
 def _read_checkpoint(path: Path, config: dict[str, Any]) -> tuple[list[dict[str, Any]], Gallery]:
     """The finished batches and their images saved in `path` by a run of `config` (none if no file).
 
-    Refuses a file that is not such a checkpoint, or one of another config, before any work: it
-    is never overwritten or resumed by mistake.
+    Refuses a file that is not such a checkpoint, or one of another config or software, before any
+    work: it is never overwritten or resumed by mistake.
     """
     if not path.exists():
         if not path.parent.is_dir():
