@@ -63,7 +63,8 @@ from pathlib import Path
 from typing import Any
 
 PRIOR = "digiface-dcgan64"
-IMAGE_SOURCE = "builtin:cifar10"
+#: (source, index) of the private image; the halving runs take `--halving-image` instead.
+DEFAULT_IMAGE = ("builtin:cifar10", 0)
 LABEL = 3  # the label of builtin:cifar10 image 0 is irrelevant to speed; any class works
 #: A run "reaches" the paper's final loss when its best loss so far is within this factor of it.
 TARGET_SLACK = 1.05
@@ -94,7 +95,7 @@ def _setup(spec: dict[str, Any]):  # type: ignore[no-untyped-def]
         torch.set_num_threads(spec["threads"])
     device = resolve_device(spec.get("device"))
     victim = create_victim(spec["victim"], resolution=spec["side"], num_classes=10, seed=0, device=device)
-    source, index = spec.get("image", (IMAGE_SOURCE, 0))
+    source, index = spec.get("image", DEFAULT_IMAGE)
     images = load_images(source, spec["side"], indices=[index]).images
     labels = torch.tensor([LABEL])
     target = Target(victim, compute_update(victim, images, labels), labels)
@@ -348,15 +349,11 @@ def reference_paper_run(args: argparse.Namespace, common: dict[str, Any]) -> dic
         raise SystemExit(f"error: --halving-reference {args.halving_reference}: {exc}") from None
     if (reference.get("settings") or {}).get("halving_steps_per_stage") != common["steps_per_stage"]:
         raise SystemExit(f"error: --halving-reference {args.halving_reference} ran another --halving-steps")
+    def setting(run: dict[str, Any]) -> tuple[Any, ...]:  # results before --halving-image: the default image
+        return run["victim"], run["side"], run["seed"], tuple(run.get("image", DEFAULT_IMAGE))
+
     for result in (reference.get("halving") or {}).get("runs", []):
-        image = tuple(result.get("image", (IMAGE_SOURCE, 0)))  # results before --halving-image: the default
-        same = (result["victim"], result["side"], result["seed"], image) == (
-            common["victim"],
-            common["side"],
-            common["seed"],
-            tuple(common["image"]),
-        )
-        if same and "paper" in result["runs"]:
+        if setting(result) == setting(common) and "paper" in result["runs"]:
             return {**result["runs"]["paper"], "reference": args.halving_reference}
     raise SystemExit(
         f"error: --halving-reference {args.halving_reference} has no paper run of "
@@ -484,7 +481,7 @@ def halving_oracle(paper: dict[str, Any], steps_per_stage: int) -> list[dict[str
 
 
 def halving_lines(result: dict[str, Any]) -> list[str]:
-    source, index = result.get("image", (IMAGE_SOURCE, 0))
+    source, index = result.get("image", DEFAULT_IMAGE)
     name = f"{result['victim']}-{result['side']}px R={result['restarts']} {source}[{index}] seed {result['seed']}"
     runs = result["runs"]
     errors = [f"{k}: {r['error']}" for k, r in runs.items() if "error" in r]
@@ -596,8 +593,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--halving-victim", default="convnet-32", help="victim-side of the halving run")
     parser.add_argument(
         "--halving-image",
-        default=f"{IMAGE_SOURCE}:0",
-        help=f"SOURCE:INDEX, the private image of the halving runs (default {IMAGE_SOURCE}:0)",
+        default="{}:{}".format(*DEFAULT_IMAGE),
+        help="SOURCE:INDEX, the private image of the halving runs (default {}:{})".format(*DEFAULT_IMAGE),
     )
     parser.add_argument(
         "--halving-seeds", default=None, help="seeds of the halving runs (default 0,1,2; quick 0)"
@@ -683,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         **provenance.fields(args.threads or torch.get_num_threads()),
         "settings": {
             "prior": PRIOR,
-            "image": f"{IMAGE_SOURCE}[0], batch 1",
+            "image": "{}[{}], batch 1".format(*DEFAULT_IMAGE),
             "halving_image": f"{args.halving_image[0]}[{args.halving_image[1]}], batch 1",
             "steps_per_stage": args.steps,
             "repeats": args.repeats,

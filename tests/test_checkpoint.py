@@ -99,7 +99,7 @@ def test_files_that_are_not_this_runs_checkpoint_are_refused_before_any_work(
 
     other = tmp_path / "other.pt"
     saved = {"format": CHECKPOINT_FORMAT, "config": experiment_config({**BASE, "steps": 20}).model_dump(mode="json"),
-             "versions": {k: str(v) for k, v in versions().items()}, "batches": [], "images": {}, "stages": {}}  # fmt: skip
+             "versions": versions(), "batches": [], "images": {}, "stages": {}}  # fmt: skip
     torch.save(saved, other)
     with pytest.raises(GifdError, match=r"another config \(it differs in steps\)"):
         run_experiment(experiment_config(BASE), progress=False, checkpoint=other)

@@ -164,24 +164,21 @@ def _read_checkpoint(path: Path, config: dict[str, Any]) -> tuple[list[dict[str,
     if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
         raise GifdError(f"checkpoint {path} exists and is not a gifd experiment checkpoint: pass another path")
     if saved["config"] != config:
-        differ = sorted(k for k in set(config) | set(saved["config"]) if config.get(k) != saved["config"].get(k))
         raise GifdError(
-            f"checkpoint {path} was saved by a run of another config (it differs in {', '.join(differ)}): "
-            "run that config again, or pass another checkpoint path"
+            f"checkpoint {path} was saved by a run of another config (it differs in "
+            f"{_differing_keys(config, saved['config'])}): run that config again, or pass another checkpoint path"
         )
-    current = _plain_versions()
-    if saved["versions"] != current:
-        differ = sorted(key for key in current if current[key] != saved["versions"].get(key))
+    if saved["versions"] != versions():
         raise GifdError(
-            f"checkpoint {path} was saved by other software ({', '.join(differ)} differ): its batches and "
-            "new ones would not be one run; pass another checkpoint path"
+            f"checkpoint {path} was saved by other software ({_differing_keys(versions(), saved['versions'])} "
+            "differ): its batches and new ones would not be one run; pass another checkpoint path"
         )
     return saved["batches"], Gallery(saved["images"], saved["stages"])
 
 
-def _plain_versions() -> dict[str, str]:
-    """`versions()` as plain strings (torch's is a str subclass that a weights-only load refuses)."""
-    return {key: str(value) for key, value in versions().items()}
+def _differing_keys(ours: dict[str, Any], saved: dict[str, Any]) -> str:
+    """The keys whose values differ between two dicts, sorted and joined for a message."""
+    return ", ".join(sorted(key for key in set(ours) | set(saved) if ours.get(key) != saved.get(key)))
 
 
 def _write_checkpoint(path: Path, config: dict[str, Any], batches: list[dict[str, Any]], gallery: Gallery) -> None:
@@ -189,7 +186,7 @@ def _write_checkpoint(path: Path, config: dict[str, Any], batches: list[dict[str
     saved = {
         "format": CHECKPOINT_FORMAT,
         "config": config,
-        "versions": _plain_versions(),
+        "versions": versions(),
         "batches": batches,
         "images": gallery.images,
         "stages": gallery.stages,

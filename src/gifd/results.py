@@ -266,7 +266,7 @@ def versions() -> dict[str, str]:
     return {
         "gifd": gifd.__version__,
         "python": sys.version.split()[0],
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: a str subclass is refused by weights-only loads
         "numpy": np.__version__,
         "platform": platform.platform(),
     }
