@@ -26,7 +26,9 @@ Usage (from the repository root):
 `--merge` joins runs of the same setting (victim, budget, seed) into one table and figure: runs
 on the same images (the same client updates) that attacked with different methods, e.g. GIFD run
 after its radii were calibrated beside the baselines run before, and runs of the same methods on
-other images, e.g. two processes on two cores. Each batch keeps the attacker's random streams of
+other images, e.g. two processes on two cores. `--supersede gifd,...` takes those attacks from
+the last run of each group of images that has them (a rerun) and leaves out the earlier ones'
+results for them. Each batch keeps the attacker's random streams of
 the run that made it: they follow the batch's position in its run.
 
 Writes the JSON (the full experiment results: config, versions, per-image metrics, loss curves),
@@ -39,6 +41,7 @@ results equal an uninterrupted run's); the checkpoint is removed once the JSON i
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import time
@@ -79,9 +82,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--merge", nargs="+", metavar="JSON", help="join these results of one setting (needs --out); run nothing"
     )
+    parser.add_argument(
+        "--supersede",
+        default="",
+        metavar="ATTACKS",
+        help="with --merge: these attacks (comma-separated) come from the last run that has them, "
+        "e.g. a rerun after a change to GIFD; the earlier runs' results for them are left out",
+    )
     args = parser.parse_args(argv)
     if args.merge and not args.out:
         parser.error("--merge needs --out: the merged JSON's path")
+    if args.supersede and not args.merge:
+        parser.error("--supersede is a --merge option: pass the runs to join with --merge")
     return args
 
 
@@ -119,15 +131,22 @@ def experiment_config(args: argparse.Namespace, num_stages: int) -> ExperimentCo
 PER_RUN_KEYS = ("attacks", "attack_settings")
 
 
-def merge_results(parts: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
+def merge_results(
+    parts: list[dict[str, Any]], sources: list[str], supersede: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """One results dict from runs of one setting: by method and by image.
+
+    Within each group of runs on the same images, each attack in `supersede` is taken from the last
+    run that has it and left out of the earlier ones (a run left with no attack is left out);
+    `benchmark.superseded` records what was left out.
 
     Runs on the same images that ran different attacks join by method: they must agree on
     everything but their attacks (config, images, labels, utility cost), and no attack may appear
     twice. The groups of runs on different, disjoint images (each group then covering the same
     attacks) join by image: every batch keeps the attacker's random streams of the run that made
     it (streams follow a batch's position within its run, so the joined file equals one run on all
-    the images only where the positions agree). A GifdError names the first difference.
+    the images only where the positions agree). A GifdError names the first difference. The merged
+`wall_seconds` is the sum of the runs' own, superseded attacks included.
     """
     if len(parts) < 2:
         raise GifdError("--merge takes at least two results files")
@@ -138,15 +157,21 @@ def merge_results(parts: list[dict[str, Any]], sources: list[str]) -> dict[str, 
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, part in enumerate(parts):
         groups.setdefault(tuple(part["config"]["indices"]), []).append(i)
-    joined = [
-        _merge_methods([parts[i] for i in members], [sources[i] for i in members]) for members in groups.values()
+    grouped = [
+        _supersede([parts[i] for i in members], [sources[i] for i in members], supersede)
+        for members in groups.values()
     ]
-    merged = joined[0] if len(joined) == 1 else _join_images(joined, [sources[m[0]] for m in groups.values()])
+    superseded = [entry for _, _, record in grouped for entry in record]
+    parts = [part for group_parts, _, _ in grouped for part in group_parts]
+    sources = [source for _, group_sources, _ in grouped for source in group_sources]
+    joined = [_merge_methods(group_parts, group_sources) for group_parts, group_sources, _ in grouped]
+    merged = joined[0] if len(joined) == 1 else _join_images(joined, [s[0] for _, s, _ in grouped])
     walls = [part.get("benchmark", {}).get("wall_seconds") for part in parts]
     merged["benchmark"] = {
         **parts[0].get("benchmark", {}),
         "wall_seconds": None if None in walls else round(sum(walls), 1),
         "merged_from": sources,
+        **({"superseded": superseded} if superseded else {}),
         # each run's own provenance (the top-level date, versions and device are the first run's)
         "runs": [
             {
@@ -164,6 +189,43 @@ def merge_results(parts: list[dict[str, Any]], sources: list[str]) -> dict[str, 
     }
     validate_results({k: v for k, v in merged.items() if k != "benchmark"}, "the merged results")
     return merged
+
+
+def _supersede(
+    parts: list[dict[str, Any]], sources: list[str], names: tuple[str, ...]
+) -> tuple[list[dict[str, Any]], list[str], list[dict[str, Any]]]:
+    """Runs on the same images with each attack of `names` only in the last run that has it, and a
+    record of what was left out of which run."""
+    drop: list[set[str]] = [set() for _ in parts]
+    record = []
+    for name in names:
+        having = [i for i, part in enumerate(parts) if name in part["config"]["attacks"]]
+        if len(having) < 2:
+            images = parts[0]["config"]["indices"]
+            found = f"only in {sources[having[0]]}" if having else "in none of the runs"
+            raise GifdError(
+                f"--supersede {name}: on images {images} it is {found}, so there is nothing to supersede"
+            )
+        for i in having[:-1]:
+            drop[i].add(name)
+        record.append(
+            {"attack": name, "from": sources[having[-1]], "left_out_of": [sources[i] for i in having[:-1]]}
+        )
+    kept_parts, kept_sources = [], []
+    for part, source, names_out in zip(parts, sources, drop, strict=True):
+        if names_out:
+            part = copy.deepcopy(part)
+            part["config"]["attacks"] = [a for a in part["config"]["attacks"] if a not in names_out]
+            part["config"]["attack_settings"] = {
+                k: v for k, v in part["config"]["attack_settings"].items() if k not in names_out
+            }
+            part["attacks"] = {k: v for k, v in part["attacks"].items() if k not in names_out}
+            for batch in part["batches"]:
+                batch["attacks"] = {k: v for k, v in batch["attacks"].items() if k not in names_out}
+        if part["config"]["attacks"]:
+            kept_parts.append(part)
+            kept_sources.append(source)
+    return kept_parts, kept_sources, record
 
 
 def _merge_methods(parts: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
@@ -249,7 +311,14 @@ def describe(results: dict[str, Any], num_stages: int) -> tuple[str, str]:
     if config["stage_steps"] is not None:
         budget = f"{config['stage_steps']} steps per GIFD stage (others: {config['stage_steps'] * num_stages} steps)"
     else:
-        budget = f"{config['steps']} steps per method (GIFD: split over its {num_stages} stages)"
+        gifd = next((b["attacks"]["gifd"] for b in results["batches"] if "gifd" in b["attacks"]), None)
+        split = [s.get("budget") for s in gifd["stages"]] if gifd and gifd.get("stages") else []
+        over = (
+            f"{', '.join(str(b) for b in split)} over its stages"
+            if split and None not in split
+            else f"split over its {num_stages} stages"
+        )
+        budget = f"{config['steps']} steps per method (GIFD: {over})"
     radii = settings.get("gifd", {}).get("radii") or "the prior default"
     ggl = (
         f" (GGL: generations = steps, {settings['ggl']['population']} candidates)"
@@ -313,7 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.merge:
             parts = [json.loads(Path(path).read_text(encoding="utf-8")) for path in args.merge]
-            results = merge_results(parts, args.merge)
+            supersede = tuple(dict.fromkeys(a.strip() for a in args.supersede.split(",") if a.strip()))
+            results = merge_results(parts, args.merge, supersede)
         else:
             config = experiment_config(args, num_stages)
     except (GifdError, OSError, json.JSONDecodeError) as exc:

@@ -62,7 +62,7 @@ def test_sphere_constraint_is_per_sample(prior) -> None:
 
 
 def test_budget_is_split_over_stages_and_checked(prior) -> None:
-    attack = GIFD({"steps": 10, "stage_end": 2}, prior=prior, progress=False)
+    attack = GIFD({"steps": 10, "stage_end": 2, "latent_fraction": None}, prior=prior, progress=False)
     assert attack.stage_budget(attack.stages()) == [4, 3, 3]
     with pytest.raises(GifdError, match="not within the prior's stages 0..4"):
         GIFD({"stage_end": 9}, prior=prior).stages()
@@ -95,6 +95,39 @@ def test_stage_steps_a_count_or_one_per_stage_and_never_with_steps(prior) -> Non
     for bad in (0, -1, [2, 0], 2.5, True):
         with pytest.raises(GifdError, match=invalid):
             ATTACKS.get("latent")({"stage_steps": bad}, prior=prior)
+
+
+def test_latent_fraction_gives_stage_zero_its_share_and_splits_the_rest(prior, target) -> None:
+    def budget(**settings):
+        attack = GIFD(settings, prior=prior)
+        return attack.stage_budget(attack.stages())
+
+    # 300 / 9 = 33.3 -> 33 to the latent stage, 267 = 67 + 67 + 67 + 66 over the four feature stages.
+    assert budget(steps=300, latent_fraction=1 / 9) == [33, 67, 67, 67, 66]
+    assert budget(steps=300, latent_fraction=0.5) == [150, 38, 38, 37, 37]
+    assert budget(steps=300, latent_fraction=None) == [60] * 5
+    assert budget(steps=300) == [33, 67, 67, 67, 66]  # the default: 1/9
+    # Without the latent stage the default share has nowhere to go: an even split.
+    assert budget(steps=30, stage_start=2) == [10, 10, 10]
+    # Every feature stage keeps a step, the latent stage at least one; one stage takes them all.
+    assert budget(steps=6, latent_fraction=0.99, stage_end=4) == [2, 1, 1, 1, 1]
+    assert budget(steps=6, latent_fraction=0.01) == [1, 2, 1, 1, 1]
+    assert ATTACKS.get("latent")({"steps": 50, "latent_fraction": 0.2}, prior=prior).stage_budget([0]) == [50]
+    with pytest.raises(GifdError, match="^gifd settings: latent_fraction splits steps, but stage_steps"):
+        GIFD({"stage_steps": 3, "latent_fraction": 0.2}, prior=prior)
+    with pytest.raises(GifdError, match="starts at stage 2: set stage_start 0 or drop latent_fraction"):
+        budget(steps=30, latent_fraction=0.2, stage_start=2)
+    # One lone stage (the ablation's "layer k alone") takes every step, whatever the share.
+    assert budget(steps=30, latent_fraction=0.2, stage_start=2, stage_end=2) == [30]
+    # No more steps than stages (smoke tests): one step each to the first stages, as without the share.
+    assert budget(steps=3) == [1, 1, 1, 0, 0]
+    for bad in (0, 1, -0.1):
+        with pytest.raises(GifdError, match="latent_fraction"):
+            GIFD({"latent_fraction": bad}, prior=prior)
+    # The run follows the split, stage by stage.
+    result = run(prior, target, steps=10, latent_fraction=0.6, stage_end=2, restarts=1)
+    assert [(s.budget, s.steps) for s in result.stages] == [(6, 6), (2, 2), (2, 2)] and result.steps == 10
+    assert [s.end_step for s in result.stages] == [6, 8, 10]
 
 
 def test_latent_ablation_runs_stage_zero_only(prior, target) -> None:

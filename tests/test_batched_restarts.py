@@ -218,9 +218,18 @@ def run_gifd(prior, target, **settings):
     Adam's first steps turn the rounding noise of near-zero gradient entries (batched vs looped
     restarts, or batches of 4 vs 2 vs 1 restarts, round differently) into full-lr steps of either
     sign, and runs that agree to float rounding part by a few percent within a stage; projecting
-    onto a tight ball erases that, so the equality checks keep their tolerances."""
+    onto a tight ball erases that, so the equality checks keep their tolerances. An even split
+    (4 steps per stage): the checks below count steps per stage."""
     tight = radii_from_feature_norms(prior, fraction=0.1)
-    config = {"steps": 12, "restarts": 4, "log_every": 1, "stage_end": 2, "radii": tight, **settings}
+    config = {
+        "steps": 12,
+        "restarts": 4,
+        "log_every": 1,
+        "stage_end": 2,
+        "radii": tight,
+        "latent_fraction": None,
+        **settings,
+    }
     return ATTACKS.get("gifd")(config, prior=prior, progress=False).run(
         target, torch.Generator().manual_seed(0)
     )

@@ -124,3 +124,57 @@ def test_merge_needs_an_output_path(methods: Any, capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit):
         methods.parse_args(["--merge", "a.json", "b.json"])
     assert "--merge needs --out" in capsys.readouterr().err
+
+
+def _rerun(results: dict[str, Any], name: str) -> dict[str, Any]:
+    """A rerun of attack `name` alone whose PSNR is 1 dB higher on every image (so it can be told apart)."""
+    from gifd.results import attack_totals
+
+    part = _only(results, [name])
+    for batch in part["batches"]:
+        batch["attacks"][name]["metrics"]["mean"]["psnr"] += 1.0
+        batch["attacks"][name]["metrics"]["per_image"]["psnr"] = [
+            v + 1.0 for v in batch["attacks"][name]["metrics"]["per_image"]["psnr"]
+        ]
+    part["attacks"] = {name: attack_totals(name, part["batches"])}
+    return part
+
+
+def test_merge_supersede_takes_an_attack_from_the_last_run_of_each_image_group(methods: Any) -> None:
+    whole = json.loads(RESULTS.read_text())
+    names = whole["config"]["attacks"]
+    half = len(whole["config"]["indices"]) // 2
+    front, back = _images(whole, 0, half), _images(whole, half, 2 * half)
+    old_gifd = _only(front, ["gifd"])
+    parts = [old_gifd, _only(front, names[1:]), _rerun(front, "gifd"), back, _rerun(back, "gifd")]
+    sources = ["old_gifd.json", "front.json", "new_front.json", "back.json", "new_back.json"]
+    merged = methods.merge_results(parts, sources, ("gifd",))
+    psnr = merged["attacks"]["gifd"]["psnr"]
+    assert psnr == pytest.approx(whole["attacks"]["gifd"]["psnr"] + 1.0)
+    for name in names[1:]:
+        assert merged["attacks"][name] == whole["attacks"][name]
+    assert merged["config"]["attacks"] == [*names[1:], "gifd"]
+    # The old gifd-only run is left out whole; back.json keeps its other attacks.
+    assert merged["benchmark"]["merged_from"] == [
+        "front.json",
+        "new_front.json",
+        "back.json",
+        "new_back.json",
+    ]
+    assert merged["benchmark"]["superseded"] == [
+        {"attack": "gifd", "from": "new_front.json", "left_out_of": ["old_gifd.json"]},
+        {"attack": "gifd", "from": "new_back.json", "left_out_of": ["back.json"]},
+    ]
+    # Without --supersede the repeated method is refused, as before.
+    with pytest.raises(GifdError, match="repeats attack"):
+        methods.merge_results(parts, sources)
+    with pytest.raises(
+        GifdError, match=r"--supersede ig: on images \[.*\] it is only in front.json, so there is nothing"
+    ):
+        methods.merge_results(parts, sources, ("ig",))
+
+
+def test_supersede_needs_merge(methods: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        methods.parse_args(["--supersede", "gifd"])
+    assert "--supersede is a --merge option" in capsys.readouterr().err

@@ -105,7 +105,7 @@ def test_the_rung_keeps_the_better_half_on_their_own_trajectories(prior, target,
 
 def test_the_rung_then_halving_prune_in_turn(prior, target) -> None:
     # Stages of 8 steps: the rung after step 4 keeps 2 of 4, halving at the end of stage 0 keeps 1.
-    result = run(prior, target, steps=24, stage_end=2, preset="fast")
+    result = run(prior, target, steps=24, stage_end=2, preset="fast", latent_fraction=None)
     assert [(p.stage, p.step, len(p.restarts)) for p in result.pruned] == [(0, 4, 2), (0, 8, 1)]
     finite = [[r for r, v in enumerate(s.restart_losses) if math.isfinite(v)] for s in result.stages]
     assert [len(f) for f in finite] == [2, 1, 1]

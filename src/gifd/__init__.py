@@ -6,5 +6,5 @@ GAN's latent space and then its intermediate feature maps, with the IG, GI, GGL 
 
 from gifd.errors import GifdError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["GifdError", "__version__"]

@@ -363,10 +363,15 @@ def cache_dir() -> Path:
 def cache_path(settings: CalibrationSettings, victim: Victim, prior: StagedGenerator) -> Path:
     """The cache file of a calibration: named by a hash of the settings (device aside), the
     victim's and the prior's weights and the prior's cut."""
+    from gifd.attacks.gifd import GIFDConfig
     from gifd.client import weights_fingerprint
 
     key = {
         "settings": settings.model_dump(mode="json", exclude={"device", "threads"}),
+        # GIFD's settings with its defaults filled in: a changed default is another calibration
+        "gifd": build_config(GIFDConfig, settings.gifd, "GIFD settings").model_dump(
+            mode="json", exclude={"radii", "ball"}
+        ),
         "victim": weights_fingerprint(victim),
         "prior": _fingerprint(prior),
         "cut": getattr(prior, "cut", None),

@@ -175,8 +175,14 @@ class GIAS(GenerativeAttack):
         cfg = self.config
         latent_steps, _ = cfg.phase_steps()
         # Not the preset: GIAS's own preset has set the shared keys it names (GIFD's "fast" would
-        # add its rung, which would prune restarts the fine-tune expects).
-        shared = (GIFDConfig.model_fields.keys() & type(cfg).model_fields.keys()) - {"steps", "lr", "preset"}
+        # add its rung, which would prune restarts the fine-tune expects). Not latent_fraction:
+        # GIAS's own latent_fraction splits its two phases; phase 1 is one stage with all its steps.
+        shared = (GIFDConfig.model_fields.keys() & type(cfg).model_fields.keys()) - {
+            "steps",
+            "lr",
+            "preset",
+            "latent_fraction",
+        }
         settings = GIFDConfig(
             **{k: getattr(cfg, k) for k in sorted(shared)},
             steps=latent_steps,

@@ -85,7 +85,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
         "--steps",
         type=int,
         help="total step budget per restart of every attack; gifd, gifd-noball and latent split it over "
-        "their stages (equal total compute)",
+        "their stages (equal total compute; the latent stage of gifd and gifd-noball gets latent_fraction, 1/9)",
     )
     add(
         "--stage-steps",

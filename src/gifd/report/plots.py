@@ -104,8 +104,9 @@ def stage_boundaries(run: RunView, attack: str) -> tuple[list[float], bool]:
     """Steps at which one stage ends and the next begins, and whether they are estimated.
 
     Recorded per stage as `end_step` (or `steps`) when the attack saves them; else from the
-    attack's `stage_steps` setting; else GIFD's documented default, an even split of the budget
-    over the stages (the first stages get the remainder), flagged as estimated.
+    attack's `stage_steps` setting; else an even split of the budget over the stages (the first
+    stages get the remainder: GIFD's split when its results did not yet record each stage's
+    steps), flagged as estimated.
     """
     record = next((r for r in run.per_batch(attack) if r is not None and r.stages), None)
     if record is None:
