@@ -146,7 +146,7 @@ def merge_results(
     attacks) join by image: every batch keeps the attacker's random streams of the run that made
     it (streams follow a batch's position within its run, so the joined file equals one run on all
     the images only where the positions agree). A GifdError names the first difference. The merged
-`wall_seconds` is the sum of the runs' own, superseded attacks included.
+    `wall_seconds` is the sum of the runs' own, superseded attacks included.
     """
     if len(parts) < 2:
         raise GifdError("--merge takes at least two results files")

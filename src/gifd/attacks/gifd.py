@@ -146,11 +146,16 @@ class GIFDConfig(GenerativeConfig):
                 "steps and stage_steps both set the budget: give steps (a total split over the stages) "
                 "or stage_steps (each stage's own), not both"
             )
-        if self.stage_steps is not None and self.latent_fraction is not None and "latent_fraction" in self.model_fields_set:
+        if self.stage_steps is not None and self.latent_fraction_given:
             raise GifdError(
                 "latent_fraction splits steps, but stage_steps gives every stage its own: drop one of them"
             )
         return self
+
+    @property
+    def latent_fraction_given(self) -> bool:
+        """Whether the settings name a latent_fraction (not None) rather than leave the default."""
+        return self.latent_fraction is not None and "latent_fraction" in self.model_fields_set
 
 
 #: GIFD's named settings (see GIFDConfig.PRESETS).
@@ -185,7 +190,7 @@ def _keep_adam_rows(
     group["params"] = params
 
 
-def _even_split(steps: int, parts: int) -> list[int]:
+def even_split(steps: int, parts: int) -> list[int]:
     """`steps` in `parts` counts that differ by at most one, the larger first."""
     base, extra = divmod(steps, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
@@ -243,18 +248,17 @@ class GIFD(GenerativeAttack):
             if len(cfg.stage_steps) != len(stages):
                 raise GifdError(f"{self.name}: {len(cfg.stage_steps)} stage_steps for {len(stages)} stages")
             return list(cfg.stage_steps)
-        explicit = cfg.latent_fraction is not None and "latent_fraction" in cfg.model_fields_set
-        if stages[0] != 0 and len(stages) > 1 and explicit:
+        if stages[0] != 0 and len(stages) > 1 and cfg.latent_fraction_given:
             raise GifdError(
                 f"{self.name}: latent_fraction is stage 0's share, but the run starts at stage "
                 f"{stages[0]}: set stage_start 0 or drop latent_fraction"
             )
         if cfg.latent_fraction is None or stages[0] != 0 or len(stages) == 1 or cfg.steps <= len(stages):
             # (no more steps than stages, as in smoke tests: one step each to the first stages)
-            return _even_split(cfg.steps, len(stages))
+            return even_split(cfg.steps, len(stages))
         feature_stages = len(stages) - 1
         latent = min(max(round(cfg.steps * cfg.latent_fraction), 1), cfg.steps - feature_stages)
-        return [latent, *_even_split(cfg.steps - latent, feature_stages)]
+        return [latent, *even_split(cfg.steps - latent, feature_stages)]
 
     def radii(self) -> list[float]:
         radii = self.config.radii

@@ -125,6 +125,6 @@ def stage_boundaries(run: RunView, attack: str) -> tuple[list[float], bool]:
     total = record.steps
     if not isinstance(total, int) or total < len(stages):
         return [], False
-    base, extra = divmod(total, len(stages))
-    budget = [base + (1 if i < extra else 0) for i in range(len(stages))]
-    return list(np.cumsum(budget, dtype=float)[:-1]), True
+    from gifd.attacks.gifd import even_split
+
+    return list(np.cumsum(even_split(total, len(stages)), dtype=float)[:-1]), True
