@@ -121,7 +121,6 @@ class CalibrationSettings(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> CalibrationSettings:
         """Schedules, cuts and GIFD settings valid before any compute."""
-        from gifd.attacks.gifd import GIFDConfig
         from gifd.priors import prior_settings
 
         if not self.schedules:
@@ -135,12 +134,20 @@ class CalibrationSettings(BaseModel):
             raise GifdError(
                 f"the calibration chooses {', '.join(fixed)} itself: drop them from the GIFD settings"
             )
-        build_config(GIFDConfig, self.gifd, "GIFD settings")
+        self.gifd_budget()
         for cut in self.cuts or []:
             prior_settings(self.prior, {"cut": cut})
         if self.cuts is not None and len(set(self.cuts)) < len(self.cuts):
             raise GifdError(f"cuts {self.cuts} name one cut twice: name each once")
         return self
+
+    def gifd_budget(self) -> dict[str, Any]:
+        """GIFD's settings with its defaults filled in, radii and ball aside (what a calibration
+        holds fixed across its candidates); a one-line GifdError if they are invalid."""
+        from gifd.attacks.gifd import GIFDConfig
+
+        config = build_config(GIFDConfig, self.gifd, "GIFD settings")
+        return config.model_dump(mode="json", exclude=set(CALIBRATED_KEYS))
 
 
 def calibration_settings(values: dict[str, Any], source: str = "calibration") -> CalibrationSettings:
@@ -237,7 +244,7 @@ def _calibrate(
 ) -> dict[str, Any]:
     import torch
 
-    from gifd.attacks.gifd import GIFD, GIFDConfig
+    from gifd.attacks.gifd import GIFD
     from gifd.client import weights_fingerprint
     from gifd.device import resolve_device
     from gifd.metrics.image import psnr
@@ -341,7 +348,7 @@ def _calibrate(
         "mean_psnr": best["mean_psnr"],
         "table": table,
         "images": [case.name for case in cases],
-        "budget": build_config(GIFDConfig, settings.gifd).model_dump(mode="json", exclude={"radii", "ball"}),
+        "budget": settings.gifd_budget(),
         "settings": settings.model_dump(mode="json"),
         "seed": settings.seed,
         "seconds": round(time.perf_counter() - start, 1),
@@ -363,15 +370,12 @@ def cache_dir() -> Path:
 def cache_path(settings: CalibrationSettings, victim: Victim, prior: StagedGenerator) -> Path:
     """The cache file of a calibration: named by a hash of the settings (device aside), the
     victim's and the prior's weights and the prior's cut."""
-    from gifd.attacks.gifd import GIFDConfig
     from gifd.client import weights_fingerprint
 
     key = {
         "settings": settings.model_dump(mode="json", exclude={"device", "threads"}),
         # GIFD's settings with its defaults filled in: a changed default is another calibration
-        "gifd": build_config(GIFDConfig, settings.gifd, "GIFD settings").model_dump(
-            mode="json", exclude={"radii", "ball"}
-        ),
+        "gifd": settings.gifd_budget(),
         "victim": weights_fingerprint(victim),
         "prior": _fingerprint(prior),
         "cut": getattr(prior, "cut", None),

@@ -92,7 +92,7 @@ from gifd.attacks.generative import (
     lr_factor,
     record_and_check,
 )
-from gifd.attacks.gifd import GIFD, GIFDConfig
+from gifd.attacks.gifd import GIFD, GIFDConfig, latent_share
 from gifd.errors import GifdError
 from gifd.priors.base import Context, StagedGenerator, Variables
 
@@ -124,7 +124,7 @@ class GIASConfig(GenerativeConfig):
 
     def phase_steps(self) -> tuple[int, int]:
         """(latent steps, fine-tune steps): each phase at least one step."""
-        latent = min(max(round(self.steps * self.latent_fraction), 1), self.steps - 1)
+        latent = latent_share(self.steps, self.latent_fraction, 1)
         return latent, self.steps - latent
 
 

@@ -196,6 +196,12 @@ def even_split(steps: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+def latent_share(steps: int, fraction: float, rest: int) -> int:
+    """The latent stage's (or phase's) steps: round(steps x fraction), at least one, and at most
+    `steps - rest` so that each of the `rest` stages (or phases) after it keeps one."""
+    return min(max(round(steps * fraction), 1), steps - rest)
+
+
 def halving_survivors(losses: Tensor) -> list[int]:
     """Successive halving: the indices (in their original order) of the better half of the
     restarts by `losses`, at least one; NaN losses rank last, ties keep the lower index."""
@@ -257,7 +263,7 @@ class GIFD(GenerativeAttack):
             # (no more steps than stages, as in smoke tests: one step each to the first stages)
             return even_split(cfg.steps, len(stages))
         feature_stages = len(stages) - 1
-        latent = min(max(round(cfg.steps * cfg.latent_fraction), 1), cfg.steps - feature_stages)
+        latent = latent_share(cfg.steps, cfg.latent_fraction, feature_stages)
         return [latent, *even_split(cfg.steps - latent, feature_stages)]
 
     def radii(self) -> list[float]:
