@@ -14,11 +14,13 @@ Two budget modes, both on the table:
 
 GIFD's l1 radii: `--radii FILE` (a `gifd calibrate` result made on public calibration images),
 `auto`, or the prior's default when omitted; `gifd-noball` is GIFD with no ball.
+`--gifd-stage-steps 33,33,33,33,168` gives GIFD's stages their own split of the equal-compute
+budget (the counts must sum to `--steps`), e.g. one chosen on public calibration images.
 
 Usage (from the repository root):
 
     .venv/bin/python bench/methods.py [--victim convnet] [--images 0,1,2,3,4,5,6,7] [--steps 300]
-        [--stage-steps N] [--restarts 2] [--radii FILE|auto]
+        [--stage-steps N] [--gifd-stage-steps N,N,...] [--restarts 2] [--radii FILE|auto]
         [--attacks gifd,latent,gifd-noball,gias,ggl,ig,gi] [--ggl-population 8] [--threads N]
         [--out bench/results/methods_convnet.json]
     .venv/bin/python bench/methods.py --merge A.json B.json [...] --out C.json
@@ -72,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=300, help="equal compute: steps per restart of every method")
     budget.add_argument("--stage-steps", type=int, help="paper style: steps of every GIFD stage")
+    parser.add_argument(
+        "--gifd-stage-steps",
+        help="GIFD's steps per stage, comma-separated, summing to --steps (equal compute, another split)",
+    )
     parser.add_argument("--restarts", type=int, default=2)
     parser.add_argument("--radii", help="GIFD's radii: a gifd calibrate file or auto (default: the prior's)")
     parser.add_argument("--ggl-population", type=int, default=8, help="CMA-ES candidates per generation")
@@ -94,6 +100,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--merge needs --out: the merged JSON's path")
     if args.supersede and not args.merge:
         parser.error("--supersede is a --merge option: pass the runs to join with --merge")
+    if args.gifd_stage_steps is not None:
+        if args.stage_steps is not None:
+            parser.error("--gifd-stage-steps splits the equal-compute --steps: drop --stage-steps")
+        try:
+            counts = [int(c) for c in args.gifd_stage_steps.split(",")]
+        except ValueError:
+            counts = []
+        if not counts or min(counts) < 1:
+            parser.error(f"--gifd-stage-steps {args.gifd_stage_steps!r}: give step counts >= 1, e.g. 33,33,33,33,168")
+        if sum(counts) != args.steps:
+            parser.error(
+                f"--gifd-stage-steps sum to {sum(counts)}, not --steps {args.steps}: equal compute needs "
+                "GIFD's stages to share the other methods' budget"
+            )
+        args.gifd_stage_steps = counts
     return args
 
 
@@ -105,6 +126,8 @@ def experiment_config(args: argparse.Namespace, num_stages: int) -> ExperimentCo
         settings["ggl"]["population"] = args.ggl_population
     if args.radii and "gifd" in settings:
         settings["gifd"]["radii"] = args.radii
+    if args.gifd_stage_steps is not None and "gifd" in settings:
+        settings["gifd"]["stage_steps"] = args.gifd_stage_steps
     shared: dict[str, Any] = {"steps": args.steps}
     if args.stage_steps is not None:
         shared = {"stage_steps": args.stage_steps}

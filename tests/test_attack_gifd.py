@@ -42,6 +42,21 @@ def test_radius_zero_keeps_features_at_their_start(prior, target) -> None:
         assert torch.allclose(stage.images, first.images, atol=1e-5)
 
 
+def test_feature_lr_steps_the_feature_stages_and_lr_the_latent_stage(prior, target) -> None:
+    # A vanishing feature_lr leaves every feature stage's image at stage 0's (which moved at lr);
+    # with the feature stages at lr the images move (so the setting is not ignored).
+    still = run(prior, target, stage_end=2, ball=False, steps=9, restarts=1, feature_lr=1e-12)
+    moving = run(prior, target, stage_end=2, ball=False, steps=9, restarts=1)
+    assert torch.equal(still.stages[0].images, moving.stages[0].images)
+    for stage in still.stages[1:]:
+        assert torch.allclose(stage.images, still.stages[0].images, atol=1e-5)
+    assert not torch.allclose(moving.stages[2].images, moving.stages[0].images, atol=1e-3)
+    attack = GIFD({"lr": 0.2, "feature_lr": 0.01}, prior=prior, progress=False)
+    assert [attack.stage_lr(s) for s in (0, 1, 4)] == [0.2, 0.01, 0.01]
+    with pytest.raises(GifdError, match="feature_lr"):
+        GIFD({"feature_lr": 0}, prior=prior, progress=False)
+
+
 def test_no_ball_moves_features_further_than_the_ball(prior, target) -> None:
     tiny = [1.0] * prior.num_stages
     with_ball = run(prior, target, stage_start=3, stage_end=3, radii=tiny, restarts=1, steps=8)

@@ -178,3 +178,20 @@ def test_supersede_needs_merge(methods: Any, capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit):
         methods.parse_args(["--supersede", "gifd"])
     assert "--supersede is a --merge option" in capsys.readouterr().err
+
+
+def test_gifd_stage_steps_split_the_equal_compute_budget(methods: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    args = methods.parse_args(["--steps", "300", "--gifd-stage-steps", "33,33,33,33,168"])
+    config = methods.experiment_config(args, num_stages=5)
+    assert config.settings_for("gifd")["stage_steps"] == [33, 33, 33, 33, 168]
+    assert "steps" not in config.settings_for("gifd")
+    assert config.settings_for("latent")["steps"] == 300 and config.settings_for("gias")["steps"] == 300
+    for argv, message in [
+        (["--steps", "300", "--gifd-stage-steps", "33,33,33"], "sum to 99, not --steps 300"),
+        (["--gifd-stage-steps", "300,x"], "give step counts >= 1"),
+        (["--gifd-stage-steps", "0,300"], "give step counts >= 1"),
+        (["--stage-steps", "60", "--gifd-stage-steps", "60,60,60,60,60"], "drop --stage-steps"),
+    ]:
+        with pytest.raises(SystemExit):
+            methods.parse_args(argv)
+        assert message in capsys.readouterr().err

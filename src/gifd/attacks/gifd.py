@@ -92,6 +92,10 @@ class GIFDConfig(GenerativeConfig):
     #: gifd.calibration.resolve_auto_radii); `ball: false` disables the projection.
     radii: list[float] | str | None = None
     ball: bool = True
+    #: Adam's lr in the feature stages (None: `lr`, as in the paper). Adam moves every entry by up
+    #: to about lr a step, whatever the feature's scale, so the room a step takes inside the ball
+    #: depends on the prior's feature magnitudes (bench/README.md, "feature-stage lr").
+    feature_lr: float | None = Field(None, gt=0)
     #: Schedule: linear warm-up over this fraction of a stage's steps, flat until `flat`, then cosine to 0.
     warmup: float = Field(0.05, ge=0, le=1)
     flat: float = Field(0.25, ge=0, le=1)
@@ -427,7 +431,7 @@ class GIFD(GenerativeAttack):
         origin = {k: v.detach().clone() for k, v in start.items()}
         variables = {k: v.detach().clone().requires_grad_(k in trainable) for k, v in start.items()}
         params = [variables[k] for k in trainable]
-        optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        optimizer = torch.optim.Adam(params, lr=self.stage_lr(stage))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, max(steps, 1), cfg.warmup, cfg.flat)
         )
@@ -495,6 +499,11 @@ class GIFD(GenerativeAttack):
                     end = step + 1
         best.steps = end
         return best
+
+    def stage_lr(self, stage: int) -> float:
+        """Adam's lr in `stage`: `lr` in the latent stage, `feature_lr` (else `lr`) after it."""
+        cfg = self.config
+        return cfg.lr if stage == 0 or cfg.feature_lr is None else cfg.feature_lr
 
     def _constrain(
         self,
