@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from common import write_json, write_text
+from gifd.cli.attack import _ints
 from gifd.errors import GifdError
 from gifd.experiment import ExperimentConfig, run_experiment
 from gifd.imageio import write_atomically
@@ -76,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget.add_argument("--stage-steps", type=int, help="paper style: steps of every GIFD stage")
     parser.add_argument(
         "--gifd-stage-steps",
+        type=_ints,
         help="GIFD's steps per stage, comma-separated, summing to --steps (equal compute, another split)",
     )
     parser.add_argument("--restarts", type=int, default=2)
@@ -103,18 +105,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.gifd_stage_steps is not None:
         if args.stage_steps is not None:
             parser.error("--gifd-stage-steps splits the equal-compute --steps: drop --stage-steps")
-        try:
-            counts = [int(c) for c in args.gifd_stage_steps.split(",")]
-        except ValueError:
-            counts = []
+        counts = args.gifd_stage_steps
         if not counts or min(counts) < 1:
-            parser.error(f"--gifd-stage-steps {args.gifd_stage_steps!r}: give step counts >= 1, e.g. 33,33,33,33,168")
+            parser.error(f"--gifd-stage-steps {counts}: give step counts >= 1, e.g. 33,33,33,33,168")
         if sum(counts) != args.steps:
             parser.error(
                 f"--gifd-stage-steps sum to {sum(counts)}, not --steps {args.steps}: equal compute needs "
                 "GIFD's stages to share the other methods' budget"
             )
-        args.gifd_stage_steps = counts
     return args
 
 

@@ -188,7 +188,7 @@ def test_gifd_stage_steps_split_the_equal_compute_budget(methods: Any, capsys: p
     assert config.settings_for("latent")["steps"] == 300 and config.settings_for("gias")["steps"] == 300
     for argv, message in [
         (["--steps", "300", "--gifd-stage-steps", "33,33,33"], "sum to 99, not --steps 300"),
-        (["--gifd-stage-steps", "300,x"], "give step counts >= 1"),
+        (["--gifd-stage-steps", "300,x"], "expected comma-separated integers, got '300,x'"),
         (["--gifd-stage-steps", "0,300"], "give step counts >= 1"),
         (["--stage-steps", "60", "--gifd-stage-steps", "60,60,60,60,60"], "drop --stage-steps"),
     ]:
