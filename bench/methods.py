@@ -369,7 +369,8 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def psnr_seconds_figure(results: dict[str, Any], title: str) -> bytes:
-    """PNG: mean PSNR (bars: ±1 std over images) against mean seconds per image, one point per method."""
+    """PNG: mean PSNR (bars: ±1 std over images) against mean seconds per image, one point per
+    method, named in the legend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -380,8 +381,9 @@ def psnr_seconds_figure(results: dict[str, Any], title: str) -> bytes:
         values = torch.tensor([v for v in summary["per_image"]["psnr"] if v is not None], dtype=torch.float64)
         seconds = summary["seconds"] / max(1, len(results["config"]["indices"]))
         spread = float(values.std()) if len(values) > 1 else 0.0
-        axes.errorbar(seconds, float(values.mean()), yerr=spread, fmt="o", capsize=3, color=f"C{i % 10}")
-        axes.annotate(name, (seconds, float(values.mean())), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        axes.errorbar(seconds, float(values.mean()), yerr=spread, fmt="o", capsize=3, color=f"C{i % 10}", label=name)
+    # A legend, not labels beside the points: methods of equal cost sit at one x and their labels overlapped.
+    axes.legend(fontsize=8, loc="best")
     axes.set_xlabel("seconds per image (all restarts)")
     axes.set_ylabel(f"{METRIC_INFO['psnr'].name} ({METRIC_INFO['psnr'].direction})")
     axes.set_title(title, fontsize=9)
